@@ -1,0 +1,75 @@
+"""The ``ray-valkey-spill`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_config(args) -> int:
+    import json
+
+    from .config import spilling_config
+
+    options = {}
+    for item in args.option or []:
+        name, _, value = item.partition("=")
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    print(spilling_config(args.url, **options))
+    return 0
+
+
+def _cmd_options(args) -> int:
+    from .config import option_table_markdown
+
+    print(option_table_markdown())
+    return 0
+
+
+# Subcommands that own their argument parsing: name -> (module, help).
+_DELEGATED = {
+    "stress": ("stress", "spill stress test through Ray, optionally beside filesystem spilling"),
+    "bench": ("bench", "backend write/read benchmark against the raw server"),
+    "stats": ("stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
+    "gc": ("gc", "find and remove spilled keys whose Ray session or node is gone"),
+    "doctor": ("doctor", "check a server before a cluster relies on it"),
+}
+
+
+def _delegate(module_name: str):
+    def run(args) -> int:
+        from importlib import import_module
+
+        return import_module(f".{module_name}", __package__).main(args.rest)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ray-valkey-spill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("config", help="print an object_spilling_config JSON for a URL")
+    p.add_argument("url")
+    p.add_argument("option", nargs="*", help="name=value (value parsed as JSON if it can be)")
+    p.set_defaults(func=_cmd_config)
+    p = sub.add_parser("options", help="print the table of spilling options (Markdown)")
+    p.set_defaults(func=_cmd_options)
+    for name, (module_name, help_text) in _DELEGATED.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module_name))
+    args = parser.parse_args(argv)
+    from .errors import RayValkeySpillError
+
+    try:
+        return args.func(args)
+    except RayValkeySpillError as exc:
+        print(f"ray-valkey-spill: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

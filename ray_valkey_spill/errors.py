@@ -1,0 +1,48 @@
+"""The package's one error tree.
+
+Every error the package raises on purpose derives from ``RayValkeySpillError`` and is raised
+``from`` its cause. Cache callers may treat ``BackendUnavailableError`` as a miss; spill and
+restore callers must not: a spilled object is the only copy of the user's data.
+"""
+
+
+class RayValkeySpillError(Exception):
+    """Base of every error raised by ray_valkey_spill."""
+
+
+class ConfigError(RayValkeySpillError, ValueError):
+    """A configuration field has a bad value; the message names field, value and what is allowed."""
+
+    def __init__(self, field: str, value, allowed: str):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {field}={value!r}: {allowed}")
+
+
+class PluginError(RayValkeySpillError):
+    """The installed Ray does not have the shape the spill plug-in patches."""
+
+
+class BackendUnavailableError(RayValkeySpillError):
+    """The Valkey server could not be reached, refused us, or kept failing after retries."""
+
+
+class UnsafeServerError(RayValkeySpillError):
+    """The server is configured so that spilled objects could be lost (e.g. allkeys-* eviction)."""
+
+
+class SpillError(RayValkeySpillError):
+    """Writing a spilled object failed; nothing partial is left behind."""
+
+
+class ObjectMissingError(RayValkeySpillError):
+    """A spilled object (or one of its chunks) is no longer on the server."""
+
+
+class CorruptObjectError(RayValkeySpillError):
+    """Stored data failed its checksum, size or identity check."""
+
+
+class InvalidSpillURLError(RayValkeySpillError, ValueError):
+    """A restore or delete URL is malformed or points outside the configured prefix."""

@@ -1,0 +1,104 @@
+"""Key and URL formats of spilled objects, as pure functions.
+
+    base key   <prefix><session>:<node_id>:<object_id>.<nonce>
+    chunk i    <base key>:<i>
+    manifest   <base key>:m
+    heartbeat  <prefix>hb:<session>:<node_id>
+    Ray URL    valkey://spill/<base key>?offset=0&size=<object bytes>&chunks=<n>
+
+Session and node come first so that ``destroy`` and ``gc`` find one node's keys of one session
+with a single SCAN pattern. Every object has its own base key (and so its own Ray URL): Ray
+ref-counts by base URL, so Valkey memory is reclaimed object by object. The nonce keeps a
+re-spill of the same object from colliding with a copy that is still being deleted. Chunk keys
+carry no hash tag, so in cluster mode the chunks of a large object spread over all shards.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import urllib.parse
+from dataclasses import dataclass
+
+from .errors import InvalidSpillURLError
+
+URL_SCHEME = "valkey"
+URL_HOST = "spill"  # Ray's URL parser needs a non-empty host part
+MANIFEST_SUFFIX = ":m"
+HEARTBEAT_SEGMENT = "hb:"
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_MAX_CHUNKS = 1 << 24
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not _NAME.match(value):
+        raise InvalidSpillURLError(f"{kind} {value!r} is not a plain name ([A-Za-z0-9_.-]{{1,128}})")
+    return value
+
+
+def node_pattern(prefix: str, session: str, node_id: str) -> str:
+    """SCAN pattern matching every key this node wrote in this session."""
+    return f"{prefix}{_check_name('session', session)}:{_check_name('node id', node_id)}:*"
+
+
+def session_pattern(prefix: str, session: str) -> str:
+    return f"{prefix}{_check_name('session', session)}:*"
+
+
+def heartbeat_key(prefix: str, session: str, node_id: str) -> str:
+    return f"{prefix}{HEARTBEAT_SEGMENT}{_check_name('session', session)}:{_check_name('node id', node_id)}"
+
+
+def new_base_key(prefix: str, session: str, node_id: str, object_hex: str) -> str:
+    return (f"{prefix}{_check_name('session', session)}:{_check_name('node id', node_id)}:"
+            f"{_check_name('object id', object_hex)}.{secrets.token_hex(4)}")
+
+
+def chunk_key(base_key: str, index: int) -> str:
+    return f"{base_key}:{index}"
+
+
+def manifest_key(base_key: str) -> str:
+    return base_key + MANIFEST_SUFFIX
+
+
+def object_keys(base_key: str, n_chunks: int) -> list[str]:
+    return [manifest_key(base_key)] + [chunk_key(base_key, i) for i in range(n_chunks)]
+
+
+@dataclass(frozen=True)
+class SpillURL:
+    base_key: str
+    size: int
+    n_chunks: int
+
+    def encode(self) -> bytes:
+        return (f"{URL_SCHEME}://{URL_HOST}/{self.base_key}"
+                f"?offset=0&size={self.size}&chunks={self.n_chunks}").encode()
+
+
+def parse_spill_url(url: bytes | str, prefix: str) -> SpillURL:
+    """Parse a URL this backend returned; refuse anything malformed or outside ``prefix``."""
+    try:
+        text = url.decode("ascii") if isinstance(url, (bytes, bytearray)) else str(url)
+    except UnicodeDecodeError as exc:
+        raise InvalidSpillURLError(f"spill URL is not ASCII: {url!r}") from exc
+    head = f"{URL_SCHEME}://{URL_HOST}/"
+    if not text.startswith(head) or text.count("?") != 1:
+        raise InvalidSpillURLError(f"not a valkey spill URL (expected {head}<key>?...): {text!r}")
+    key, query = text[len(head):].split("?", 1)
+    if not key.startswith(prefix):
+        raise InvalidSpillURLError(f"spill URL key {key!r} is outside the prefix {prefix!r}")
+    rest = key[len(prefix):].split(":")
+    if len(rest) != 3 or rest[0] == HEARTBEAT_SEGMENT.rstrip(":"):
+        raise InvalidSpillURLError(f"spill URL key {key!r} is not <session>:<node>:<object>")
+    for kind, part in zip(("session", "node id", "object id"), rest):
+        _check_name(kind, part)
+    try:
+        fields = dict(urllib.parse.parse_qsl(query, strict_parsing=True))
+        offset, size, n_chunks = int(fields["offset"]), int(fields["size"]), int(fields["chunks"])
+    except (KeyError, ValueError) as exc:
+        raise InvalidSpillURLError(f"spill URL query is not offset=0&size=N&chunks=N: {text!r}") from exc
+    if offset != 0 or size < 0 or not 0 <= n_chunks <= _MAX_CHUNKS:
+        raise InvalidSpillURLError(f"spill URL has out-of-range numbers: {text!r}")
+    return SpillURL(key, size, n_chunks)

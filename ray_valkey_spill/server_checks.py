@@ -1,0 +1,77 @@
+"""Checks a server must pass before objects are spilled to it.
+
+Run once per process: eagerly by the head's validation (so a bad server fails ``ray.init``
+within about ``connect_timeout_s``), lazily by IO workers on their first spill or restore.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .config import SpillConfig
+from .connection import connection_kwargs
+from .errors import BackendUnavailableError, ConfigError, UnsafeServerError
+
+logger = logging.getLogger("ray_valkey_spill")
+
+
+def _config_get(client, name: str) -> str | None:
+    """CONFIG GET, or None when the ACL user may not run it (a least-privilege spill user)."""
+    import valkey
+
+    try:
+        reply = client.config_get(name)
+    except valkey.exceptions.NoPermissionError:
+        return None
+    except valkey.exceptions.ResponseError as exc:
+        if "NOPERM" in str(exc) or "unknown command" in str(exc).lower():
+            return None
+        raise
+    value = reply.get(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def eviction_risk(policy: str | None) -> bool:
+    return policy is not None and policy.startswith("allkeys-")
+
+
+def check_server(config: SpillConfig) -> dict:
+    """PING the server and check the settings spilling relies on; return what was found."""
+    import valkey
+
+    kwargs = connection_kwargs(config)
+    kwargs.pop("retry", None)
+    kwargs.pop("retry_on_error", None)
+    kwargs["socket_timeout"] = config.connect_timeout_s
+    where = config.address.display()
+    try:
+        if config.address.cluster:
+            from valkey.cluster import ValkeyCluster
+
+            client = ValkeyCluster(**kwargs)
+        else:
+            client = valkey.Valkey(**kwargs)
+        client.ping()
+    except valkey.exceptions.AuthenticationError as exc:
+        raise BackendUnavailableError(f"{where} refused our credentials (user "
+                                      f"{config.user or 'default'}): {exc}") from exc
+    except (valkey.exceptions.ValkeyError, OSError) as exc:
+        raise BackendUnavailableError(f"cannot reach Valkey at {where} within "
+                                      f"{config.connect_timeout_s}s: {exc}") from exc
+    try:
+        policy = _config_get(client, "maxmemory-policy")
+        bulk = _config_get(client, "proto-max-bulk-len")
+    finally:
+        client.close()
+    if eviction_risk(policy) and not config.allow_allkeys_eviction:
+        raise UnsafeServerError(
+            f"{where} runs maxmemory-policy {policy}, which can evict spilled objects (silent "
+            "data loss). Set maxmemory-policy volatile-lru (only keys with a TTL, i.e. cache "
+            "keys, are evicted), or pass allow_allkeys_eviction=true to accept the risk.")
+    if policy is None:
+        logger.warning("cannot read maxmemory-policy of %s (no CONFIG permission); make sure it "
+                       "is a volatile-* policy or noeviction", where)
+    if bulk is not None and config.chunk_size_bytes >= int(bulk):
+        raise ConfigError("chunk_size_bytes", config.chunk_size_bytes,
+                          f"below the server's proto-max-bulk-len ({bulk} bytes)")
+    return {"maxmemory_policy": policy, "proto_max_bulk_len": bulk}

@@ -1,0 +1,338 @@
+"""The Ray ``ExternalStorage`` that spills objects to Valkey. Imports Ray; loaded by the plug-in.
+
+Write path: each object's plasma buffer is cut into ``chunk_size_bytes`` views (no copy); I/O
+threads, one connection each, encode batches of chunks (checksum, zstd when the probe says it
+pays; pyarrow and xxhash release the GIL) and send each batch as one pipeline of SETs. An
+object's manifest is written only after all its chunks are stored, so a partly written object
+is never restorable; on a failure the complete objects' URLs are returned (Ray re-pins and
+retries the rest) and the partial keys are removed.
+
+Read path: the manifest is fetched, Ray allocates the plasma buffer, and the I/O threads fetch
+the chunks with pipelined GETs and decode each one straight into its slice of that buffer,
+verifying its checksum there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+from ray._private.external_storage import ExternalStorage
+
+from . import keys as K
+from .codec import ChunkCodec, ChunkInfo, Manifest
+from .config import SpillConfig
+from .connection import connect
+from .errors import CorruptObjectError, ObjectMissingError, SpillError
+from .server_checks import check_server
+
+logger = logging.getLogger("ray_valkey_spill")
+
+# A pipeline carries at most this many bytes or commands: big enough to amortise round trips,
+# small enough that in-flight buffers stay bounded (connections x 2 batches) and that one
+# batch never monopolises the server for long.
+BATCH_BYTES = 16 * 1024 * 1024
+BATCH_COMMANDS = 256
+_RAY_HEADER_BYTES = 24  # Ray's own framing: three u64 lengths
+
+
+def _in_io_worker() -> bool:
+    # IO workers run ray/_private/workers/default_worker.py; the raylet kills one that does not
+    # register within 60 s, so they must not block on the network in __init__.
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "default_worker.py"
+
+
+class _ChunkJob:
+    """Chunks (of one or more objects) written or read together in one pipeline."""
+
+    __slots__ = ("items", "nbytes")
+
+    def __init__(self):
+        self.items: list[tuple[int, int, str, memoryview]] = []  # (object, chunk, key, view)
+        self.nbytes = 0
+
+
+def _plan_jobs(views: Sequence[tuple[str, memoryview]], chunk_size: int) -> list[_ChunkJob]:
+    jobs, job = [], _ChunkJob()
+    for obj_index, (base_key, buf) in enumerate(views):
+        for chunk_index, start in enumerate(range(0, len(buf), chunk_size)):
+            piece = buf[start:start + chunk_size]
+            if job.items and (job.nbytes + len(piece) > BATCH_BYTES
+                              or len(job.items) >= BATCH_COMMANDS):
+                jobs.append(job)
+                job = _ChunkJob()
+            job.items.append((obj_index, chunk_index, K.chunk_key(base_key, chunk_index), piece))
+            job.nbytes += len(piece)
+    if job.items:
+        jobs.append(job)
+    return jobs
+
+
+class ValkeyStorage(ExternalStorage):
+    """Spills Ray objects to Valkey under ``<prefix><session>:<node>:`` keys."""
+
+    def __init__(self, node_id: str, session_name: str, **params):
+        super().__init__()
+        self.config = SpillConfig.from_params(params)
+        self.node_id = node_id
+        self.session_name = session_name
+        K.node_pattern(self.config.prefix, session_name, node_id)  # validates both names
+        self._codec = ChunkCodec(self.config.compression, self.config.zstd_level)
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._checked = False
+        if not _in_io_worker():
+            # The head's validation: the one place to fail fast on a bad or unsafe server.
+            self._ensure_checked()
+
+    # -- connection -------------------------------------------------------------------------
+    @property
+    def client(self):
+        return connect(self.config)
+
+    def _ensure_checked(self) -> None:
+        if not self._checked:
+            check_server(self.config)
+            self._checked = True
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._ensure_checked()
+                self._executor = ThreadPoolExecutor(self.config.connections,
+                                                    thread_name_prefix="valkey-spill")
+            return self._executor
+
+    # -- spill ------------------------------------------------------------------------------
+    def spill_objects(self, object_refs, owner_addresses) -> list[bytes]:
+        if len(object_refs) == 0:
+            return []
+        started = time.perf_counter()
+        pool = self._pool()
+        objects = self._get_objects_from_store(object_refs)
+        bases, views, sizes = [], [], []
+        for ref, (buf, metadata, _), owner in zip(object_refs, objects, owner_addresses):
+            if buf is None and len(metadata) == 0:
+                raise ValueError(f"Object {ref.hex()} does not exist.")
+            view = memoryview(buf).cast("B") if buf is not None else memoryview(b"")
+            base = K.new_base_key(self.config.prefix, self.session_name, self.node_id, ref.hex())
+            bases.append(base)
+            views.append((base, view))
+            sizes.append(_RAY_HEADER_BYTES + len(owner) + len(metadata) + len(view))
+
+        infos: list[list[ChunkInfo | None]] = [
+            [None] * -(-len(v) // self.config.chunk_size_bytes) for _, v in views]
+        failed_at = len(views)
+        error: BaseException | None = None
+        for job, future in self._run_bounded(pool, self._write_job, _plan_jobs(
+                views, self.config.chunk_size_bytes)):
+            try:
+                for (obj, chunk, _, _), info in zip(job.items, future.result()):
+                    infos[obj][chunk] = info
+            except Exception as exc:  # noqa: BLE001 - reported below with the object
+                first = job.items[0][0]
+                if first < failed_at:
+                    failed_at, error = first, exc
+        # Objects before the first failure are complete: commit them with their manifests.
+        urls: list[bytes] = []
+        manifests = []
+        for i in range(failed_at):
+            buf, metadata, _ = objects[i]
+            manifest = Manifest(self.config.chunk_size_bytes, len(views[i][1]),
+                                bytes(owner_addresses[i]), bytes(metadata), tuple(infos[i]))
+            manifests.append((K.manifest_key(bases[i]), manifest.encode()))
+            urls.append(K.SpillURL(bases[i], sizes[i], len(infos[i])).encode())
+        try:
+            self._set_many(manifests)
+        except Exception as exc:  # noqa: BLE001
+            failed_at, error, urls = 0, exc, []
+        if error is not None:
+            self._remove([(bases[i], len(infos[i])) for i in range(failed_at, len(views))])
+            logger.error("spill to %s failed at object %d of %d (%s); %d objects spilled, "
+                         "the rest stay in memory and Ray retries them",
+                         self.config.address.display(), failed_at, len(views), error, len(urls))
+            if not urls:
+                raise SpillError(f"spilling {len(views)} objects to "
+                                 f"{self.config.address.display()} failed: {error}") from error
+        logger.debug("spilled %d objects in %.3fs", len(urls), time.perf_counter() - started)
+        return urls
+
+    def _run_bounded(self, pool, fn, jobs: list[_ChunkJob]) -> Iterable[tuple[_ChunkJob, Future]]:
+        """Run jobs on the pool with at most 2 per connection in flight (bounded memory)."""
+        limit = 2 * self.config.connections
+        pending: list[tuple[_ChunkJob, Future]] = []
+        for job in jobs:
+            if len(pending) >= limit:
+                head = pending.pop(0)
+                head[1].exception()
+                yield head
+            pending.append((job, pool.submit(fn, job)))
+        for item in pending:
+            item[1].exception()
+            yield item
+
+    def _write_job(self, job: _ChunkJob) -> list[ChunkInfo]:
+        pipe = self.client.pipeline(transaction=False)
+        infos = []
+        for _, _, key, view in job.items:
+            info, payload = self._codec.encode(view)
+            infos.append(info)
+            pipe.set(key, payload)
+        pipe.execute()
+        return infos
+
+    def _set_many(self, items: list[tuple[str, bytes]]) -> None:
+        for start in range(0, len(items), BATCH_COMMANDS):
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in items[start:start + BATCH_COMMANDS]:
+                pipe.set(key, value)
+            pipe.execute()
+
+    # -- restore ----------------------------------------------------------------------------
+    def restore_spilled_objects(self, object_refs, url_with_offset_list) -> int:
+        total = 0
+        for ref, url in zip(object_refs, url_with_offset_list):
+            try:
+                spill_url = K.parse_spill_url(url, self.config.prefix)
+                manifest = self._read_manifest(spill_url)
+                reader = _ObjectReader(self, spill_url.base_key, manifest)
+                self._put_object_to_store(manifest.metadata, manifest.buf_len, reader, ref,
+                                          manifest.owner_address)
+            except Exception as exc:
+                # Ray only logs this and retries after 10 s, 20 s, ...: say loudly what is wrong.
+                logger.error("restore of object %s from %r failed: %s", ref.hex(), url, exc)
+                raise
+            total += manifest.buf_len
+        return total
+
+    def _read_manifest(self, spill_url: K.SpillURL) -> Manifest:
+        key = K.manifest_key(spill_url.base_key)
+        self._pool()
+        data = self.client.get(key)
+        if data is None:
+            raise ObjectMissingError(f"{key}: spilled object is missing from "
+                                     f"{self.config.address.display()} (server restarted "
+                                     "without persistence, evicted, or deleted)")
+        manifest = Manifest.decode(data, key)
+        if len(manifest.chunks) != spill_url.n_chunks:
+            raise CorruptObjectError(f"{key}: manifest has {len(manifest.chunks)} chunks, "
+                                     f"the URL {spill_url.n_chunks}")
+        return manifest
+
+    def _fill(self, base_key: str, manifest: Manifest, target: memoryview) -> None:
+        """Fetch every chunk and decode it into its slice of ``target`` (the whole object)."""
+        size = manifest.chunk_size
+        views = [(base_key, target)]
+        for job, future in self._run_bounded(self._pool(), self._read_job_for(manifest),
+                                             _plan_jobs(views, size)):
+            future.result()
+
+    def _read_job_for(self, manifest: Manifest):
+        def read(job: _ChunkJob) -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for _, _, key, _ in job.items:
+                pipe.get(key)
+            for (_, chunk, key, view), stored in zip(job.items, pipe.execute()):
+                if stored is None:
+                    raise ObjectMissingError(f"{key}: chunk {chunk} of a spilled object is missing")
+                ChunkCodec.decode_into(manifest.chunks[chunk], stored, view, key)
+        return read
+
+    # -- delete -----------------------------------------------------------------------------
+    def delete_spilled_objects(self, urls) -> None:
+        doomed = []
+        for url in urls:
+            try:
+                spill_url = K.parse_spill_url(url, self.config.prefix)
+            except Exception as exc:  # noqa: BLE001 - never let one bad URL leak the others
+                logger.error("not deleting %r: %s", url, exc)
+                continue
+            doomed.append((spill_url.base_key, spill_url.n_chunks))
+        self._remove(doomed)
+
+    def _remove(self, objects: list[tuple[str, int]]) -> None:
+        all_keys = [k for base, n in objects for k in K.object_keys(base, n)]
+        for start in range(0, len(all_keys), 1000):
+            pipe = self.client.pipeline(transaction=False)
+            for key in all_keys[start:start + 1000]:
+                pipe.unlink(key)
+            pipe.execute()
+
+    def destroy_external_storage(self) -> None:
+        """Remove this node's keys of this session (Ray calls it with a random node id when
+        validating, and for the head node on ``ray.shutdown()``)."""
+        pattern = K.node_pattern(self.config.prefix, self.session_name, self.node_id)
+        try:
+            removed = unlink_matching(self.client, pattern)
+        except Exception as exc:  # noqa: BLE001 - shutdown must not fail; gc collects leftovers
+            logger.error("could not remove spilled keys %s: %s (run `ray-valkey-spill gc`)",
+                         pattern, exc)
+            return
+        if removed:
+            logger.info("removed %d spilled keys matching %s", removed, pattern)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+
+def unlink_matching(client, pattern: str, batch: int = 1000) -> int:
+    """UNLINK every key matching ``pattern``, scanning without blocking the server."""
+    removed = 0
+    keys: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=batch):
+        keys.append(key)
+        if len(keys) >= batch:
+            removed += _unlink(client, keys)
+            keys = []
+    if keys:
+        removed += _unlink(client, keys)
+    return removed
+
+
+def _unlink(client, keys: list) -> int:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(pipe.execute())
+
+
+class _ObjectReader:
+    """The file-like object Ray's ``put_file_like_object`` reads from (``readinto`` only)."""
+
+    def __init__(self, storage: ValkeyStorage, base_key: str, manifest: Manifest):
+        self._storage = storage
+        self._base_key = base_key
+        self._manifest = manifest
+        self._position = 0
+
+    def readinto(self, view) -> int:
+        view = memoryview(view).cast("B")
+        manifest = self._manifest
+        remaining = manifest.buf_len - self._position
+        if remaining <= 0:
+            raise CorruptObjectError(f"{self._base_key}: read past the end of the object")
+        if self._position == 0 and len(view) >= manifest.buf_len:
+            # The usual case: Ray hands us the whole plasma buffer; decode straight into it.
+            self._storage._fill(self._base_key, manifest, view[:manifest.buf_len])
+            self._position = manifest.buf_len
+            return manifest.buf_len
+        # Rare: a partial buffer. Decode the chunk holding the position and copy what fits.
+        index = self._position // manifest.chunk_size
+        offset = self._position - index * manifest.chunk_size
+        scratch = memoryview(bytearray(manifest.raw_len(index)))
+        key = K.chunk_key(self._base_key, index)
+        stored = self._storage.client.get(key)
+        if stored is None:
+            raise ObjectMissingError(f"{key}: chunk {index} of a spilled object is missing")
+        ChunkCodec.decode_into(manifest.chunks[index], stored, scratch, key)
+        n = min(len(view), len(scratch) - offset)
+        view[:n] = scratch[offset:offset + n]
+        self._position += n
+        return n
+
+
+__all__ = ["ValkeyStorage", "unlink_matching"]
