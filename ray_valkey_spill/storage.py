@@ -28,6 +28,7 @@ from . import keys as K
 from .codec import ChunkCodec, ChunkInfo, Manifest
 from .config import SpillConfig
 from .connection import connect
+from .keyspace import unlink_keys, unlink_matching
 from .errors import CorruptObjectError, ObjectMissingError, SpillError
 from .server_checks import check_server
 
@@ -256,12 +257,7 @@ class ValkeyStorage(ExternalStorage):
         self._remove(doomed)
 
     def _remove(self, objects: list[tuple[str, int]]) -> None:
-        all_keys = [k for base, n in objects for k in K.object_keys(base, n)]
-        for start in range(0, len(all_keys), 1000):
-            pipe = self.client.pipeline(transaction=False)
-            for key in all_keys[start:start + 1000]:
-                pipe.unlink(key)
-            pipe.execute()
+        unlink_keys(self.client, [k for base, n in objects for k in K.object_keys(base, n)])
 
     def destroy_external_storage(self) -> None:
         """Remove this node's keys of this session (Ray calls it with a random node id when
@@ -277,27 +273,6 @@ class ValkeyStorage(ExternalStorage):
             logger.info("removed %d spilled keys matching %s", removed, pattern)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
-
-
-def unlink_matching(client, pattern: str, batch: int = 1000) -> int:
-    """UNLINK every key matching ``pattern``, scanning without blocking the server."""
-    removed = 0
-    keys: list[bytes] = []
-    for key in client.scan_iter(match=pattern, count=batch):
-        keys.append(key)
-        if len(keys) >= batch:
-            removed += _unlink(client, keys)
-            keys = []
-    if keys:
-        removed += _unlink(client, keys)
-    return removed
-
-
-def _unlink(client, keys: list) -> int:
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.unlink(key)
-    return sum(pipe.execute())
 
 
 class _ObjectReader:
@@ -335,4 +310,4 @@ class _ObjectReader:
         return n
 
 
-__all__ = ["ValkeyStorage", "unlink_matching"]
+__all__ = ["ValkeyStorage"]

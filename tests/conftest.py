@@ -1,0 +1,72 @@
+"""Shared fixtures: a real embedded valkey-server, unique key prefixes, and a real local Ray.
+
+Set RVS_TEST_URL to run the Valkey I/O tests against another server instead of the embedded
+one; every test then works under its own key prefix and cleans it with SCAN, never FLUSHALL.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from ray_valkey_spill import EmbeddedValkey, spilling_config
+from ray_valkey_spill.keyspace import scan_keys
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def valkey_server():
+    """One embedded valkey-server for the whole session (spill-safe settings)."""
+    with EmbeddedValkey() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_url(valkey_server) -> str:
+    return os.environ.get("RVS_TEST_URL") or valkey_server.url
+
+
+@pytest.fixture
+def valkey_client(valkey_url):
+    import valkey
+
+    client = valkey.Valkey.from_url(valkey_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def spill_prefix(valkey_client):
+    """A unique ``ray``-style prefix for one test; its keys are removed afterwards."""
+    prefix = f"ray:t{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    keys = scan_keys(valkey_client, prefix + "*")
+    if keys:
+        valkey_client.unlink(*keys)
+
+
+def start_ray(url: str, object_store_mib: int = 100, num_cpus: int = 2, **options):
+    """Start a local Ray whose object store spills to ``url``."""
+    import ray
+
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=object_store_mib * MiB,
+        include_dashboard=False,
+        _system_config={
+            "object_spilling_config": spilling_config(url, **options),
+            "min_spilling_size": 0,
+        },
+    )
+    return ray
+
+
+@pytest.fixture
+def ray_spilling(valkey_url, spill_prefix):
+    """A local Ray (100 MiB object store) spilling to the test server under spill_prefix."""
+    ray = start_ray(valkey_url, prefix=spill_prefix, chunk_size_bytes=1 * MiB)
+    yield ray
+    ray.shutdown()
