@@ -3,7 +3,7 @@
     base key   <prefix><session>:<node_id>:<object_id>.<nonce>
     chunk i    <base key>:<i>
     manifest   <base key>:m
-    heartbeat  <prefix>hb:<session>:<node_id>
+    heartbeat  <prefix><session>:<node_id>:hb   (unix time of the last beat; no TTL)
     Ray URL    valkey://spill/<base key>?offset=0&size=<object bytes>&chunks=<n>
 
 Session and node come first so that ``destroy`` and ``gc`` find one node's keys of one session
@@ -25,7 +25,7 @@ from .errors import InvalidSpillURLError
 URL_SCHEME = "valkey"
 URL_HOST = "spill"  # Ray's URL parser needs a non-empty host part
 MANIFEST_SUFFIX = ":m"
-HEARTBEAT_SEGMENT = "hb:"
+HEARTBEAT_SUFFIX = ":hb"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _MAX_CHUNKS = 1 << 24
 
@@ -46,7 +46,19 @@ def session_pattern(prefix: str, session: str) -> str:
 
 
 def heartbeat_key(prefix: str, session: str, node_id: str) -> str:
-    return f"{prefix}{HEARTBEAT_SEGMENT}{_check_name('session', session)}:{_check_name('node id', node_id)}"
+    # No TTL on purpose: under volatile-lru a TTL would make it evictable, and an evicted
+    # heartbeat would make gc take a live session for dead.
+    return node_pattern(prefix, session, node_id)[:-2] + HEARTBEAT_SUFFIX
+
+
+def split_key(prefix: str, key: str) -> tuple[str, str, str] | None:
+    """(session, node_id, rest) of a key this backend wrote, or None for any other key."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix):].split(":", 2)
+    if len(parts) != 3 or not all(_NAME.match(p) for p in parts[:2]):
+        return None
+    return parts[0], parts[1], parts[2]
 
 
 def new_base_key(prefix: str, session: str, node_id: str, object_hex: str) -> str:
@@ -90,7 +102,7 @@ def parse_spill_url(url: bytes | str, prefix: str) -> SpillURL:
     if not key.startswith(prefix):
         raise InvalidSpillURLError(f"spill URL key {key!r} is outside the prefix {prefix!r}")
     rest = key[len(prefix):].split(":")
-    if len(rest) != 3 or rest[0] == HEARTBEAT_SEGMENT.rstrip(":"):
+    if len(rest) != 3 or rest[2] == HEARTBEAT_SUFFIX[1:]:
         raise InvalidSpillURLError(f"spill URL key {key!r} is not <session>:<node>:<object>")
     for kind, part in zip(("session", "node id", "object id"), rest):
         _check_name(kind, part)

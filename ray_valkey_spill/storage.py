@@ -39,6 +39,9 @@ logger = logging.getLogger("ray_valkey_spill")
 # batch never monopolises the server for long.
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_COMMANDS = 256
+# IO workers stamp <prefix><session>:<node>:hb this often; `gc` treats a session whose
+# stamps are all much older than this as gone.
+HEARTBEAT_INTERVAL_S = 30.0
 _RAY_HEADER_BYTES = 24  # Ray's own framing: three u64 lengths
 
 
@@ -87,7 +90,11 @@ class ValkeyStorage(ExternalStorage):
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._checked = False
-        if not _in_io_worker():
+        self._heartbeat_key = K.heartbeat_key(self.config.prefix, session_name, node_id)
+        if _in_io_worker():
+            threading.Thread(target=self._heartbeat_loop, name="valkey-spill-heartbeat",
+                             daemon=True).start()
+        else:
             # The head's validation: the one place to fail fast on a bad or unsafe server.
             self._ensure_checked()
 
@@ -100,6 +107,17 @@ class ValkeyStorage(ExternalStorage):
         if not self._checked:
             check_server(self.config)
             self._checked = True
+
+    def _beat(self) -> None:
+        self.client.set(self._heartbeat_key, str(int(time.time())))
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                self._beat()
+            except Exception as exc:  # noqa: BLE001 - the next beat retries
+                logger.debug("heartbeat to %s failed: %s", self.config.address.display(), exc)
+            time.sleep(HEARTBEAT_INTERVAL_S)
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -1,0 +1,172 @@
+"""What every cache shares: the pooled client, TTL and name checks, the eviction-policy warning,
+hit/miss counters, and the translation of valkey-py errors into the package's error tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import urllib.parse
+import warnings
+from typing import Any, Iterator
+
+from ..config import SpillConfig
+from ..errors import BackendUnavailableError, ConfigError
+from ..prefixes import validate_prefix
+from ..server_checks import _config_get, eviction_risk
+
+logger = logging.getLogger("ray_valkey_spill")
+
+MAX_TTL_SECONDS = 365 * 24 * 3600
+# Counters are published to the server at most this often, inside a pipeline the cache sends
+# anyway: cross-process hit rates for `ray-valkey-spill stats` without an extra round trip.
+DEFAULT_STATS_FLUSH_SECONDS = 10.0
+STATS_TTL_SECONDS = 7 * 24 * 3600
+STATS_SUFFIX = "_stats"
+
+
+class EvictionPolicyWarning(UserWarning):
+    """The server's maxmemory-policy can evict keys without a TTL (spilled Ray objects)."""
+
+
+def resolve_client(client_or_url: Any, **options: Any):
+    """The shared pooled client for a URL/SpillConfig (``connect``), or the client given.
+
+    Raises ConfigError for a bad URL or option, BackendUnavailableError if no client can be set up.
+    """
+    if isinstance(client_or_url, (str, SpillConfig)):
+        from ..connection import connect
+
+        return connect(client_or_url, **options)
+    if options:
+        raise ConfigError("options", sorted(options), "none when an existing client is given")
+    if not hasattr(client_or_url, "pipeline"):
+        raise ConfigError("client", type(client_or_url).__name__,
+                          "a server URL, a SpillConfig or a valkey-py client")
+    return client_or_url
+
+
+def is_cluster(client: Any) -> bool:
+    return hasattr(client, "mget_nonatomic")
+
+
+def check_ttl(field: str, value: Any) -> int:
+    """``value`` if it is a whole number of seconds in 1..MAX_TTL_SECONDS, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TTL_SECONDS:
+        raise ConfigError(field, value, f"an integer number of seconds from 1 to {MAX_TTL_SECONDS} "
+                          "(cache keys must always expire: they share memory with spilled objects)")
+    return value
+
+
+def check_cache_prefix(use: str, prefix: Any) -> str:
+    """A well-formed prefix that overlaps no other use's prefix (ray:, emb:, ...), else ConfigError."""
+    return validate_prefix(use, prefix)
+
+
+def key_part(field: str, name: Any) -> str:
+    """``name`` as one key component: non-empty text, with ':', '%', glob characters, braces and
+    spaces percent-escaped, so components never run into each other or into SCAN patterns.
+    """
+    if not isinstance(name, str) or not name or len(name) > 256:
+        raise ConfigError(field, name, "a non-empty string of at most 256 characters")
+    return urllib.parse.quote(name, safe="/-_.@+=,")
+
+
+_checked_lock = threading.Lock()
+_checked: dict[int, str | None] = {}
+
+
+def warn_if_allkeys_policy(client: Any) -> str | None:
+    """Read maxmemory-policy once per client (tolerating NOPERM) and warn under ``allkeys-*``.
+
+    The spill backend refuses such servers; a cache only warns because it loses nothing itself,
+    but its writes are what pushes spilled objects out. Returns the policy, or None if unreadable.
+    """
+    with _checked_lock:
+        if id(client) in _checked:
+            return _checked[id(client)]
+    try:
+        policy = _config_get(client, "maxmemory-policy")
+    except Exception as exc:  # an unreachable server must not fail construction; first use will
+        logger.debug("cannot read maxmemory-policy: %s", exc)
+        return None
+    with _checked_lock:
+        _checked[id(client)] = policy
+    if eviction_risk(policy):
+        warnings.warn(
+            f"Valkey runs maxmemory-policy {policy}: cache writes can evict spilled Ray objects "
+            "(silent data loss). Run the server with maxmemory-policy volatile-lru.",
+            EvictionPolicyWarning, stacklevel=3)
+    elif policy is None:
+        logger.info("cannot read maxmemory-policy (no CONFIG permission); the server must run a "
+                    "volatile-* policy for caches and spilling to share it safely")
+    return policy
+
+
+@contextlib.contextmanager
+def backend_errors(what: str) -> Iterator[None]:
+    """Turn valkey-py connection failures into BackendUnavailableError (callers may treat it as a
+    miss); server replies that are errors pass through unchanged."""
+    import valkey
+
+    try:
+        yield
+    except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError) as exc:
+        raise BackendUnavailableError(f"{what}: Valkey unavailable: {exc}") from exc
+
+
+class Counters:
+    """Hit/miss counters of one cache object, optionally published to ``<prefix>_stats``.
+
+    Published counters are deltas added with HINCRBY, so all processes sum into one hash; the
+    hash has a TTL like every other cache key, so it may be evicted: treat it as best effort.
+    """
+
+    FIELDS = ("hits", "misses", "corrupt", "puts", "dropped_puts")
+
+    def __init__(self, stats_key: str, flush_seconds: float | None):
+        if flush_seconds is not None and (isinstance(flush_seconds, bool)
+                                          or not isinstance(flush_seconds, (int, float))
+                                          or not 0 <= flush_seconds <= 86400):
+            raise ConfigError("stats_flush_seconds", flush_seconds,
+                              "null (per-process counters only) or 0 to 86400 seconds")
+        self.stats_key = stats_key
+        self.flush_seconds = flush_seconds
+        self._lock = threading.Lock()
+        self._totals = dict.fromkeys(self.FIELDS, 0)
+        self._unpublished = dict.fromkeys(self.FIELDS, 0)
+        self._last_flush = time.monotonic()
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for name, n in deltas.items():
+                self._totals[name] += n
+                self._unpublished[name] += n
+
+    def snapshot(self) -> dict[str, float]:
+        """This process's counters and hit rate (hits / (hits + misses), None before any get)."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._totals)
+        lookups = out["hits"] + out["misses"]
+        out["hit_rate"] = out["hits"] / lookups if lookups else None
+        return out
+
+    def publish_into(self, pipe: Any, force: bool = False) -> bool:
+        """Queue HINCRBYs of the unpublished deltas (and EXPIRE) on ``pipe`` when due."""
+        if self.flush_seconds is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last_flush < self.flush_seconds:
+                return False
+            deltas = {k: v for k, v in self._unpublished.items() if v}
+            self._unpublished = dict.fromkeys(self.FIELDS, 0)
+            self._last_flush = now
+        if not deltas:
+            return False
+        for name, n in deltas.items():
+            pipe.hincrby(self.stats_key, name, n)
+        pipe.expire(self.stats_key, STATS_TTL_SECONDS)
+        return True

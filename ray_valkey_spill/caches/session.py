@@ -1,0 +1,183 @@
+"""SessionStore: per-session conversation turns and intermediate results under ``session:``.
+
+Per session two keys share one hash tag (one cluster slot, so one MULTI covers both):
+
+* ``<prefix>{<session>}:turns``   a LIST of JSON-encoded turns, oldest first;
+* ``<prefix>{<session>}:results`` a HASH of named intermediate results (bytes, arrays or JSON).
+
+Every write runs in one MULTI (standalone) or pipeline (cluster): the change, LTRIM to
+``max_turns``, and EXPIRE of BOTH keys, so a session expires ``ttl_seconds`` after its last
+write, and no code path leaves a session key without a TTL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ._base import (backend_errors, check_cache_prefix, check_ttl, is_cluster, key_part,
+                    resolve_client, warn_if_allkeys_policy)
+from ._values import ArrayCodec, CacheValueError, CorruptValueError
+from ..errors import ConfigError
+
+DEFAULT_PREFIX = "session:"
+DEFAULT_TTL_SECONDS = 30 * 60
+DEFAULT_MAX_TURNS = 1000
+
+# Result values carry a one-byte type tag.
+_TAG_BYTES, _TAG_ARRAY, _TAG_JSON = b"B", b"A", b"J"
+
+
+class SessionStore:
+    """Conversation state that expires after ``ttl_seconds`` of inactivity.
+
+    Args:
+        client_or_url: a server URL / SpillConfig (shared pool) or a valkey-py client.
+        ttl_seconds: inactivity lifetime, refreshed by every write (required, 1 s .. 1 year).
+        max_turns: turns kept per session (older ones are trimmed on append).
+        prefix: must not overlap ``ray:``, ``emb:`` or ``vllm:kv:``.
+
+    Raises:
+        ConfigError: a bad option. BackendUnavailableError: no client for a URL.
+    """
+
+    def __init__(self, client_or_url: Any, *, ttl_seconds: int = DEFAULT_TTL_SECONDS,
+                 max_turns: int = DEFAULT_MAX_TURNS, prefix: str = DEFAULT_PREFIX):
+        self.prefix = check_cache_prefix("session", prefix)
+        self.ttl_seconds = check_ttl("ttl_seconds", ttl_seconds)
+        if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+            raise ConfigError("max_turns", max_turns, "a positive integer")
+        self.max_turns = max_turns
+        self.codec = ArrayCodec()
+        self.client = resolve_client(client_or_url)
+        self._cluster = is_cluster(self.client)
+        self.maxmemory_policy = warn_if_allkeys_policy(self.client)
+
+    def _keys(self, session_id: str) -> tuple[str, str]:
+        base = f"{self.prefix}{{{key_part('session_id', session_id)}}}:"
+        return base + "turns", base + "results"
+
+    def _pipe(self):
+        # MULTI makes change + expiry atomic; a cluster pipeline cannot MULTI, but both keys
+        # share a slot and the EXPIREs are in the same batch.
+        return self.client.pipeline(transaction=not self._cluster)
+
+    def _expire_both(self, pipe, turns_key: str, results_key: str) -> None:
+        pipe.expire(turns_key, self.ttl_seconds)
+        pipe.expire(results_key, self.ttl_seconds)
+
+    def append(self, session_id: str, *turns: Any) -> int:
+        """Append JSON-serialisable turns; keep the last ``max_turns``; refresh the TTL.
+
+        Returns the session's turn count after trimming.
+
+        Raises:
+            CacheValueError: a turn is not JSON-serialisable.
+            BackendUnavailableError: the server cannot be reached.
+        """
+        if not turns:
+            raise ConfigError("turns", (), "at least one turn")
+        try:
+            encoded = [json.dumps(t, separators=(",", ":")) for t in turns]
+        except (TypeError, ValueError) as exc:
+            raise CacheValueError(f"a session turn must be JSON-serialisable: {exc}") from exc
+        turns_key, results_key = self._keys(session_id)
+        with backend_errors(f"append to {turns_key}"):
+            pipe = self._pipe()
+            pipe.rpush(turns_key, *encoded)
+            pipe.ltrim(turns_key, -self.max_turns, -1)
+            self._expire_both(pipe, turns_key, results_key)
+            pipe.llen(turns_key)
+            return int(pipe.execute()[-1])
+
+    def last(self, session_id: str, n: int) -> list[Any]:
+        """The last ``n`` turns, oldest first ([] for an unknown or expired session).
+
+        Reading does not refresh the TTL. Raises BackendUnavailableError.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError("n", n, "a non-negative integer")
+        if n == 0:
+            return []
+        turns_key, _ = self._keys(session_id)
+        with backend_errors(f"read {turns_key}"):
+            raw = self.client.lrange(turns_key, -n, -1)
+        return [json.loads(item) for item in raw]
+
+    def trim(self, session_id: str, keep_last: int) -> None:
+        """Keep only the last ``keep_last`` turns (0 removes them all); refresh the TTL."""
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
+            raise ConfigError("keep_last", keep_last, "a non-negative integer")
+        turns_key, results_key = self._keys(session_id)
+        with backend_errors(f"trim {turns_key}"):
+            pipe = self._pipe()
+            if keep_last == 0:
+                pipe.unlink(turns_key)
+            else:
+                pipe.ltrim(turns_key, -keep_last, -1)
+            self._expire_both(pipe, turns_key, results_key)
+            pipe.execute()
+
+    def set_result(self, session_id: str, name: str, value: Any) -> None:
+        """Store an intermediate result: bytes as is, numpy arrays in the binary array form,
+        anything else as JSON. Refreshes the session's TTL.
+
+        Raises:
+            CacheValueError: not bytes, not a numeric array and not JSON-serialisable.
+            BackendUnavailableError: the server cannot be reached.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name", name, "a non-empty string")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            data = _TAG_BYTES + bytes(value)
+        elif isinstance(value, np.ndarray) or type(value).__module__.startswith("torch"):
+            data = _TAG_ARRAY + self.codec.encode(value)
+        else:
+            try:
+                data = _TAG_JSON + json.dumps(value, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                raise CacheValueError(f"result {name!r} is not bytes, an array or JSON: {exc}") \
+                    from exc
+        turns_key, results_key = self._keys(session_id)
+        with backend_errors(f"write {results_key}"):
+            pipe = self._pipe()
+            pipe.hset(results_key, name, data)
+            self._expire_both(pipe, turns_key, results_key)
+            pipe.execute()
+
+    def get_result(self, session_id: str, name: str) -> Any:
+        """An intermediate result, or None if absent/expired.
+
+        Raises:
+            CorruptValueError: the stored bytes do not decode.
+            BackendUnavailableError: the server cannot be reached.
+        """
+        _, results_key = self._keys(session_id)
+        with backend_errors(f"read {results_key}"):
+            data = self.client.hget(results_key, name)
+        if data is None:
+            return None
+        tag, body = data[:1], data[1:]
+        if tag == _TAG_BYTES:
+            return body
+        if tag == _TAG_ARRAY:
+            return self.codec.decode(body)
+        if tag == _TAG_JSON:
+            return json.loads(body)
+        raise CorruptValueError(f"{results_key} field {name!r} has an unknown type tag {tag!r}")
+
+    def touch(self, session_id: str) -> bool:
+        """Refresh the TTL without writing; True if the session exists."""
+        turns_key, results_key = self._keys(session_id)
+        with backend_errors(f"touch {turns_key}"):
+            pipe = self._pipe()
+            self._expire_both(pipe, turns_key, results_key)
+            return any(pipe.execute())
+
+    def delete(self, session_id: str) -> int:
+        """Remove a session's turns and results. Returns the number of keys removed."""
+        turns_key, results_key = self._keys(session_id)
+        with backend_errors(f"delete {turns_key}"):
+            return int(self.client.unlink(turns_key, results_key))

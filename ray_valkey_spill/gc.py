@@ -1,0 +1,426 @@
+"""``ray-valkey-spill gc``: find and remove spilled keys whose Ray session is gone.
+
+Ray never deletes what a dead raylet spilled (its reference counts die with it), nor anything
+after ``ray stop`` or a crash. This command collects those leftovers.
+
+**Liveness is decided per SESSION, never per node.** With this backend, an object spilled by a
+node that has since died is still restored by any other node, as long as its owner lives (the
+owner keeps the URL). So the keys of a dead node are live data while any node of its session
+is alive, and a per-node rule would destroy them. A session is *live* when any of its
+heartbeat keys (``<prefix><session>:<node>:hb``, the unix time of the last beat, rewritten
+every 30 s by every spill/restore IO worker) is younger than ``--grace-s``.
+
+**Sessions without any heartbeat.** An IO worker starts its heartbeat thread before its first
+spill, but the first beat can lose the race with that spill, or fail while the server is
+unreachable; keys written by an older version carry no heartbeat at all. Treating "no
+heartbeat" as "dead" would delete the objects of a session that started a second ago, and
+treating it as "live" would leak forever. So such a session is judged by its keys: it is
+deleted only when every object key's ``OBJECT IDLETIME`` (seconds since it was last written or
+read; SCAN, MEMORY USAGE and OBJECT do not reset it, a GET does, so heartbeat keys are left out)
+is at least ``--grace-s``. A session that
+just started always has a key younger than that. When the server cannot tell (an LFU
+``maxmemory-policy`` does not track idle time, or the ACL user may not run OBJECT), the
+session is kept and reported as undecidable.
+
+The same idle-time test is applied to sessions whose heartbeats are all stale, as a second
+safeguard: a key read or written within the grace period means that something of that session
+still works, whatever the heartbeat says (e.g. a broken heartbeat thread).
+
+**Races.** Phase 1 SCANs the prefix once and keeps only per-session aggregates (memory is
+O(sessions), not O(keys)). Phase 2 (``--yes``) re-reads the heartbeats of the doomed sessions,
+then SCANs again and UNLINKs, in pipelined batches, only keys that parse as this backend's keys
+of a doomed session; a heartbeat key met during that pass is read first and a fresh one stops
+the deletion of its session. Keys of other prefixes (``emb:``, ``vllm:kv:``, ``session:``) and
+keys that do not have the exact shape this backend writes are never touched.
+
+Usage::
+
+    ray-valkey-spill gc --url valkey://host:6379/0 [--prefix ray:] [--grace-s 600]
+                        [--password-env VAR] [--username USER] [--yes] [--json]
+
+``--dry-run`` is the default; ``--yes`` deletes. Exit code 0 on success, 2 on a bad argument
+or an unreachable server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import keys as K
+from .config import SpillConfig
+from .errors import BackendUnavailableError, ConfigError, RayValkeySpillError
+
+HEARTBEAT_INTERVAL_S = 30.0  # mirrors storage.HEARTBEAT_INTERVAL_S (storage imports Ray)
+DEFAULT_GRACE_S = 600.0
+MIN_SAFE_GRACE_S = 3 * HEARTBEAT_INTERVAL_S
+SCAN_COUNT = 1000
+UNLINK_BATCH = 1000
+DEFAULT_SAMPLE_KEYS = 64  # MEMORY USAGE samples per session; bytes are extrapolated
+PROGRESS_EVERY_S = 2.0
+
+# The part after <prefix><session>:<node>: of a key this backend writes:
+#   <object id>.<nonce>:<chunk index>   a chunk
+#   <object id>.<nonce>:m               the manifest
+#   hb                                  the node's heartbeat
+# Anything else (e.g. a nested prefix such as ray:team:<session>:...) is not ours.
+_REST = re.compile(r"^(?:hb|[A-Za-z0-9_.\-]{1,128}\.[0-9a-f]{1,32}:(?:m|0|[1-9][0-9]{0,8}))$")
+
+KEEP_LIVE = "keep: live"
+KEEP_YOUNG = "keep: no heartbeat, keys recently used"
+KEEP_TOUCHED = "keep: heartbeat stale but keys recently used"
+KEEP_UNKNOWN = "keep: no heartbeat, key age unknown"
+DELETE = "delete"
+
+
+def parse_key(prefix: str, key: str) -> tuple[str, str, bool] | None:
+    """(session, node, is_heartbeat) for a key this backend wrote under ``prefix``, else None."""
+    parts = K.split_key(prefix, key)
+    if parts is None or not _REST.match(parts[2]):
+        return None
+    return parts[0], parts[1], parts[2] == "hb"
+
+
+@dataclass
+class SessionInfo:
+    name: str
+    keys: int = 0
+    nodes: set = field(default_factory=set)
+    heartbeats: dict = field(default_factory=dict)  # hb key -> unix time (None if unreadable)
+    min_idle_s: float | None = None
+    idle_unknown: bool = False
+    sampled_keys: int = 0
+    sampled_bytes: int = 0
+    verdict: str = ""
+    deleted: int = 0
+
+    def note_idle(self, idle) -> None:
+        if idle is None:
+            self.idle_unknown = True
+        elif self.min_idle_s is None or idle < self.min_idle_s:
+            self.min_idle_s = float(idle)
+
+    @property
+    def last_beat(self) -> float | None:
+        beats = [t for t in self.heartbeats.values() if t is not None]
+        return max(beats) if beats else None
+
+    @property
+    def est_bytes(self) -> int:
+        if not self.sampled_keys:
+            return 0
+        return round(self.sampled_bytes / self.sampled_keys * self.keys)
+
+    def judge(self, now: float, grace_s: float) -> str:
+        last = self.last_beat
+        if last is not None and now - last < grace_s:
+            return KEEP_LIVE
+        if self.idle_unknown:
+            return KEEP_UNKNOWN
+        if self.min_idle_s is not None and self.min_idle_s < grace_s:
+            return KEEP_TOUCHED if self.heartbeats else KEEP_YOUNG
+        return DELETE
+
+
+def _decode(key) -> str | None:
+    if isinstance(key, bytes):
+        try:
+            return key.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return key
+
+
+def _beat_time(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class _Progress:
+    def __init__(self, enabled: bool, what: str):
+        self.enabled, self.what = enabled, what
+        self.count, self.started, self.last = 0, time.monotonic(), time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.count += n
+        now = time.monotonic()
+        if self.enabled and now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            print(f"gc: {self.what} {self.count} keys ({now - self.started:.0f}s)",
+                  file=sys.stderr, flush=True)
+
+
+def _batches(iterable, size: int):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def survey(client, prefix: str, sample_keys: int = DEFAULT_SAMPLE_KEYS,
+           progress: bool = False, rng: random.Random | None = None) -> tuple[dict, int]:
+    """Phase 1: one SCAN of ``prefix*``; per-session counts, heartbeats, idle times, samples.
+
+    Returns (sessions by name, number of keys under the prefix that are not this backend's)."""
+    rng = rng or random.Random()
+    sessions: dict[str, SessionInfo] = {}
+    foreign = 0
+    bar = _Progress(progress, "scanned")
+    for batch in _batches(client.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT),
+                          SCAN_COUNT):
+        bar.add(len(batch))
+        ours = []
+        for raw in batch:
+            text = _decode(raw)
+            parsed = parse_key(prefix, text) if text is not None else None
+            if parsed is None:
+                foreign += 1
+            else:
+                ours.append((raw, parsed))
+        if not ours:
+            continue
+        pipe = client.pipeline(transaction=False)
+        queued: list[tuple[str, SessionInfo, object]] = []  # (what, session, key) per command
+        for raw, (session, node, is_hb) in ours:
+            info = sessions.setdefault(session, SessionInfo(session))
+            info.keys += 1
+            info.nodes.add(node)
+            if not is_hb:  # gc's own GET resets a heartbeat key's idle time: skip those
+                pipe.object("IDLETIME", raw)
+                queued.append(("idle", info, raw))
+            # reservoir-style sampling: every key of a session has the same chance to be sized
+            if info.keys <= sample_keys or rng.random() < sample_keys / info.keys:
+                pipe.memory_usage(raw)
+                queued.append(("size", info, raw))
+            if is_hb:
+                pipe.get(raw)
+                queued.append(("beat", info, raw))
+        for (what, info, raw), reply in zip(queued, pipe.execute(raise_on_error=False)):
+            failed = isinstance(reply, Exception)
+            if what == "idle":
+                # a key deleted between SCAN and OBJECT answers None: it is gone, not unknown
+                if failed:
+                    info.note_idle(None)
+                elif reply is not None:
+                    info.note_idle(reply)
+            elif what == "size":
+                if not failed and reply is not None:
+                    info.sampled_keys += 1
+                    info.sampled_bytes += int(reply)
+            else:
+                info.heartbeats[_decode(raw)] = None if failed else _beat_time(reply)
+    return sessions, foreign
+
+
+def collect(client, prefix: str, sessions: dict, grace_s: float, progress: bool = False) -> int:
+    """Phase 2: UNLINK every key of the sessions judged DELETE; returns how many were removed."""
+    doomed = {name for name, info in sessions.items() if info.verdict == DELETE}
+    # A heartbeat may have come back since the survey (e.g. a partition healed): re-read them.
+    for name in sorted(doomed):
+        if _fresh_beat_each(client, sessions[name].heartbeats, grace_s):
+            sessions[name].verdict = KEEP_LIVE + " (beat again during gc)"
+            doomed.discard(name)
+    if not doomed:
+        return 0
+    removed = 0
+    bar = _Progress(progress, "gc pass: scanned")
+    for batch in _batches(client.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT),
+                          SCAN_COUNT):
+        bar.add(len(batch))
+        victims = []
+        for raw in batch:
+            text = _decode(raw)
+            parsed = parse_key(prefix, text) if text is not None else None
+            if parsed is None or parsed[0] not in doomed:
+                continue
+            session, _, is_hb = parsed
+            if is_hb and _fresh_beat_each(client, [text], grace_s):
+                sessions[session].verdict = KEEP_LIVE + " (beat again during gc)"
+                doomed.discard(session)
+                continue
+            victims.append((session, raw))
+        victims = [(s, raw) for s, raw in victims if s in doomed]
+        for chunk in _batches(victims, UNLINK_BATCH):
+            pipe = client.pipeline(transaction=False)
+            for _, raw in chunk:
+                pipe.unlink(raw)
+            for (session, _), n in zip(chunk, pipe.execute()):
+                sessions[session].deleted += int(n)
+                removed += int(n)
+        if not doomed:
+            break
+    return removed
+
+
+def _fresh_beat_each(client, hb_keys, grace_s: float) -> bool:
+    # one GET per key: cross-slot safe in cluster mode (MGET is not)
+    now = time.time()
+    for key in hb_keys:
+        beat = _beat_time(client.get(key))
+        if beat is not None and now - beat < grace_s:
+            return True
+    return False
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def render_table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def report(sessions: dict, now: float) -> list[dict]:
+    out = []
+    for name in sorted(sessions):
+        info = sessions[name]
+        last = info.last_beat
+        out.append({
+            "session": name, "nodes": len(info.nodes), "keys": info.keys,
+            "bytes": info.est_bytes, "bytes_sampled_keys": info.sampled_keys,
+            "last_beat_age_s": None if last is None else round(now - last, 1),
+            "min_key_idle_s": info.min_idle_s, "verdict": info.verdict,
+            "deleted_keys": info.deleted,
+        })
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ray-valkey-spill gc",
+        description="Find (and with --yes remove) spilled keys whose Ray session is gone. "
+                    "A session is live while any of its nodes' heartbeats is younger than "
+                    "--grace-s; its keys, including those of its dead nodes, are kept.")
+    p.add_argument("--url", required=True, help="server URL (no password in it)")
+    p.add_argument("--prefix", default="ray:", help="spill key prefix (default: ray:)")
+    p.add_argument("--username", help="ACL user")
+    p.add_argument("--password-env", help="NAME of the environment variable holding the password")
+    p.add_argument("--password-file", help="file holding the password")
+    p.add_argument("--ssl-ca-certs", help="CA bundle for valkeys:// URLs")
+    p.add_argument("--ssl-certfile", help="client certificate (mutual TLS)")
+    p.add_argument("--ssl-keyfile", help="client key (mutual TLS)")
+    p.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S,
+                   help=f"a session whose newest heartbeat (and, without heartbeats, newest key "
+                        f"use) is older than this is gone (default {DEFAULT_GRACE_S:.0f})")
+    p.add_argument("--allow-short-grace", action="store_true",
+                   help=f"accept --grace-s below {MIN_SAFE_GRACE_S:.0f} s (3 heartbeat "
+                        "intervals); for tests only: a live session could be taken for dead")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", default=True,
+                      help="only report (the default)")
+    mode.add_argument("--yes", action="store_true", help="delete the keys of gone sessions")
+    p.add_argument("--sample-keys", type=int, default=DEFAULT_SAMPLE_KEYS,
+                   help="MEMORY USAGE samples per session for the byte estimate")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def config_from_args(args) -> SpillConfig:
+    params = {"url": args.url, "prefix": args.prefix}
+    for name in ("username", "password_env", "password_file", "ssl_ca_certs", "ssl_certfile",
+                 "ssl_keyfile"):
+        if getattr(args, name, None):
+            params[name] = getattr(args, name)
+    return SpillConfig.from_params(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if not (args.grace_s >= 0 and args.grace_s == args.grace_s and args.grace_s < float("inf")):
+            raise ConfigError("--grace-s", args.grace_s, "a non-negative number of seconds")
+        if args.grace_s < MIN_SAFE_GRACE_S and not args.allow_short_grace:
+            raise ConfigError("--grace-s", args.grace_s,
+                              f"at least {MIN_SAFE_GRACE_S:.0f} (3 heartbeat intervals of "
+                              f"{HEARTBEAT_INTERVAL_S:.0f} s), or pass --allow-short-grace")
+        if args.sample_keys < 1:
+            raise ConfigError("--sample-keys", args.sample_keys, "a positive integer")
+        config = config_from_args(args)
+        return run(config, args)
+    except RayValkeySpillError as exc:
+        print(f"ray-valkey-spill gc: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(config: SpillConfig, args) -> int:
+    import valkey
+
+    from .connection import connect
+
+    client = connect(config)
+    where = config.address.display()
+    progress = not args.quiet
+    try:
+        sessions, foreign = survey(client, config.prefix, args.sample_keys, progress)
+        now = time.time()
+        for info in sessions.values():
+            info.verdict = info.judge(now, args.grace_s)
+        removed = collect(client, config.prefix, sessions, args.grace_s, progress) \
+            if args.yes else 0
+    except valkey.exceptions.ValkeyError as exc:
+        raise BackendUnavailableError(f"gc on {where} failed: {exc}") from exc
+    rows = report(sessions, now)
+    doomed = [r for r in rows if r["verdict"] == DELETE]
+    summary = {
+        "server": where, "prefix": config.prefix, "grace_s": args.grace_s,
+        "mode": "delete" if args.yes else "dry-run", "sessions": rows,
+        "sessions_to_delete": len(doomed),
+        "keys_to_delete": sum(r["keys"] for r in doomed),
+        "bytes_to_delete": sum(r["bytes"] for r in doomed),
+        "keys_deleted": removed, "foreign_keys_ignored": foreign,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = [[r["session"], r["nodes"], r["keys"], "~" + _size(r["bytes"]),
+              _age(r["last_beat_age_s"]), _age(r["min_key_idle_s"]),
+              r["verdict"] + (f" ({r['deleted_keys']} removed)" if args.yes and
+                              r["verdict"] == DELETE else "")] for r in rows]
+    print(f"spilled keys under {config.prefix!r} on {where} (grace {args.grace_s:.0f}s)")
+    if table:
+        print(render_table(table, ["session", "nodes", "keys", "bytes", "last beat",
+                                   "newest key use", "verdict"]))
+    else:
+        print("no spilled keys found")
+    if foreign:
+        print(f"{foreign} keys under {config.prefix!r} do not have this backend's key shape; "
+              "left alone")
+    if args.yes:
+        print(f"deleted {removed} keys of {len(doomed)} gone sessions")
+    elif doomed:
+        print(f"would delete {summary['keys_to_delete']} keys (~{_size(summary['bytes_to_delete'])})"
+              f" of {len(doomed)} gone sessions; run again with --yes to delete them")
+    else:
+        print("nothing to delete")
+    return 0

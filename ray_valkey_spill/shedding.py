@@ -1,0 +1,146 @@
+"""Make room for a spill by dropping cache entries, oldest first, never a spilled object.
+
+When a spill SET fails with Valkey's OOM error (``noeviction``, or a ``volatile-*`` policy that
+could not evict enough in time), the spill backend calls ``shed_cache_entries`` and retries.
+
+Which entries go first: the ones idle longest (``OBJECT IDLETIME``: seconds since the last read
+or write, the same LRU clock ``volatile-lru`` uses). Remaining TTL is the wrong order on a
+shared server: each cache has its own TTL (KV blocks 1 h, embeddings days), so "expires soonest"
+would always shed fresh KV blocks before embeddings nobody has read for a day. Remaining TTL is
+used only where the LRU clock is unavailable (``OBJECT IDLETIME`` is refused under ``*-lfu``
+policies). None of OBJECT IDLETIME, PTTL, MEMORY USAGE or SCAN touches a key's LRU clock, so
+sampling does not disturb the order it measures.
+
+Like the server's own eviction this samples (SCAN with MATCH per prefix, never KEYS) instead of
+sorting the whole keyspace: ``max_sample_keys`` bounds the work of one call (~20 ms per 5,000
+keys on loopback). Keys without a TTL are skipped even under a cache prefix: a key without a
+TTL is by definition not a rebuildable cache entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Iterator, Sequence
+
+from .errors import BackendUnavailableError, ConfigError
+
+logger = logging.getLogger("ray_valkey_spill")
+
+CACHE_PREFIXES: tuple[str, ...] = ("emb:", "vllm:kv:", "session:")
+PROTECTED_PREFIXES: tuple[str, ...] = ("ray:",)
+DEFAULT_MAX_SAMPLE_KEYS = 5000
+_SCAN_COUNT = 1000
+_PIPELINE_KEYS = 500
+
+
+def _check_prefixes(prefixes: Sequence[str], protected: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(prefixes, str) or not prefixes:
+        raise ConfigError("prefixes", prefixes, "a non-empty sequence of cache key prefixes")
+    for p in prefixes:
+        if not isinstance(p, str) or not p or any(c in p for c in "*?[]\\"):
+            raise ConfigError("prefixes", p, "a non-empty prefix without glob characters")
+        for q in protected:
+            if p.startswith(q) or q.startswith(p):
+                raise ConfigError("prefixes", p, f"a prefix disjoint from the protected spill "
+                                  f"prefix {q!r}: spilled objects are never shed")
+    return tuple(prefixes)
+
+
+def _scan(client: Any, prefixes: Iterable[str]) -> Iterator[bytes]:
+    for prefix in prefixes:
+        yield from client.scan_iter(match=prefix + "*", count=_SCAN_COUNT)
+
+
+def _sample(client: Any, keys: list[bytes]) -> list[tuple[int, int, int, bytes]]:
+    """(idle seconds or -1, ttl ms, bytes, key) of every key that has a TTL."""
+    import valkey
+
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.object("idletime", key)
+        pipe.pttl(key)
+        pipe.memory_usage(key, samples=0)
+    replies = pipe.execute(raise_on_error=False)
+    out = []
+    for i, key in enumerate(keys):
+        idle, ttl_ms, size = replies[3 * i:3 * i + 3]
+        if isinstance(ttl_ms, Exception) or ttl_ms is None or ttl_ms < 0:
+            continue  # -1: no TTL (not a cache entry), -2: already gone
+        if isinstance(idle, valkey.exceptions.ResponseError) or idle is None:
+            idle = -1  # LFU policy: no LRU clock; ordered by TTL instead
+        out.append((int(idle), int(ttl_ms), int(size or 0) if not isinstance(size, Exception)
+                    else 0, key))
+    return out
+
+
+def _unlink(client: Any, victims: list[tuple[int, int, int, bytes]]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for _, _, _, key in victims:
+        pipe.unlink(key)
+    # Strings (every embedding and KV value) are freed synchronously even by UNLINK, so the
+    # memory is back before the caller retries; only big lists/hashes go to the lazyfree thread.
+    return sum(size for (_, _, size, _), removed in zip(victims, pipe.execute()) if removed)
+
+
+def shed_cache_entries(client: Any, bytes_needed: int,
+                       prefixes: Sequence[str] = CACHE_PREFIXES, *,
+                       max_sample_keys: int = DEFAULT_MAX_SAMPLE_KEYS,
+                       protected_prefixes: Sequence[str] = PROTECTED_PREFIXES) -> int:
+    """Drop cache entries under ``prefixes``, least recently used first, until about
+    ``bytes_needed`` bytes are freed; return the estimate of bytes freed (sum of ``MEMORY
+    USAGE`` of the keys removed; may be less than asked if the caches hold less).
+
+    Samples up to ``max_sample_keys`` keys per round with SCAN, removes the oldest of them, and
+    keeps scanning only while more is needed. Keys under ``protected_prefixes`` (the spill
+    prefix) and keys without a TTL are never removed.
+
+    Raises:
+        ConfigError: bytes_needed is negative, or a prefix overlaps a protected prefix.
+        BackendUnavailableError: the server cannot be reached.
+    """
+    import valkey
+
+    if isinstance(bytes_needed, bool) or not isinstance(bytes_needed, int) or bytes_needed < 0:
+        raise ConfigError("bytes_needed", bytes_needed, "a non-negative integer")
+    if isinstance(max_sample_keys, bool) or not isinstance(max_sample_keys, int) \
+            or max_sample_keys < 1:
+        raise ConfigError("max_sample_keys", max_sample_keys, "a positive integer")
+    prefixes = _check_prefixes(prefixes, protected_prefixes)
+    if bytes_needed == 0:
+        return 0
+    freed = 0
+    try:
+        keys = _scan(client, prefixes)
+        exhausted = False
+        while freed < bytes_needed and not exhausted:
+            batch: list[bytes] = []
+            guard = tuple(q.encode() for q in protected_prefixes)
+            for key in keys:
+                if (key if isinstance(key, bytes) else key.encode()).startswith(guard):
+                    continue  # cannot match given the prefix check; kept as a second guard
+                batch.append(key)
+                if len(batch) >= max_sample_keys:
+                    break
+            else:
+                exhausted = True
+            sampled: list[tuple[int, int, int, bytes]] = []
+            for start in range(0, len(batch), _PIPELINE_KEYS):
+                sampled += _sample(client, batch[start:start + _PIPELINE_KEYS])
+            # Longest idle first; without an LRU clock (idle == -1), soonest expiry first.
+            sampled.sort(key=lambda s: (-s[0], s[1]))
+            start = 0
+            while freed < bytes_needed and start < len(sampled):
+                # Remove in small groups so that we stop close to bytes_needed.
+                group, need = [], bytes_needed - freed
+                while start < len(sampled) and need > 0 and len(group) < 256:
+                    group.append(sampled[start])
+                    need -= sampled[start][2]
+                    start += 1
+                freed += _unlink(client, group)
+    except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError) as exc:
+        raise BackendUnavailableError(f"shedding cache entries: {exc}") from exc
+    logger.info("shed cache entries: %d bytes freed of %d needed", freed, bytes_needed)
+    return freed
+
+
+__all__ = ["shed_cache_entries", "CACHE_PREFIXES"]

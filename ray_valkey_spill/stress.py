@@ -1,0 +1,731 @@
+"""Spill stress test: push more data than the object store holds through Ray, read it all back.
+
+    ray-valkey-spill stress [--url URL] [--total-gib 2] [--object-mib 64] [--data KIND]
+                            [--baseline filesystem] [--repeat N] [--json PATH]
+
+Starts its own local Ray (and, without ``--url``, its own embedded valkey-server), puts
+``--total-gib`` of objects so that most of them spill, then reads every object back in order,
+in random order and some concurrently from Ray tasks, checking every byte against an xxh3-64
+digest taken when the object was made. With ``--baseline filesystem`` the identical workload
+runs with Ray's built-in filesystem spilling in the same invocation, backends alternating,
+and both are printed side by side with ratios (only ratios from one run mean anything on a
+shared machine). Exit status: 0 when nothing was lost, corrupted or leaked, 1 otherwise.
+
+Spill throughput = original bytes / (time of the ``ray.put`` calls + the wait until the raylet
+reports the spilling done), data generation excluded. Restore throughput = bytes read / time
+of the ``ray.get`` calls of the in-order pass (checksumming excluded). Spilled bytes come from
+the raylet's stats (``get_memory_info_reply``, needs ``grpcio``); without grpcio the storage
+itself is watched instead (keys in Valkey, files in the directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import xxhash
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+DATA_KINDS = ("float64", "fp16-kv", "int-tokens", "sparse", "mixed")
+# Every object differs from its siblings: these positions get fresh values per object.
+VARY_STRIDE_BYTES = 64 * 1024
+
+
+# -- progress -------------------------------------------------------------------------------
+class Progress:
+    """A small progress bar on stderr (one line, redrawn at most 5 times a second)."""
+
+    def __init__(self, label: str, total: int, unit_bytes: bool = True, enabled: bool = True):
+        self.label, self.total, self.unit_bytes = label, max(total, 1), unit_bytes
+        self.done = 0
+        self.started = time.perf_counter()
+        self._last = 0.0
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self._last_pct = -1
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not self.enabled:
+            return
+        if self.tty and now - self._last >= 0.2:
+            self._last = now
+            self._draw(now, end="\r")
+        elif not self.tty:
+            pct = int(100 * self.done / self.total) // 25 * 25
+            if pct > self._last_pct:
+                self._last_pct = pct
+                self._draw(now, end="\n")
+
+    def _draw(self, now: float, end: str) -> None:
+        frac = min(self.done / self.total, 1.0)
+        width = 30
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        elapsed = max(now - self.started, 1e-9)
+        if self.unit_bytes:
+            what = f"{self.done / GiB:6.2f}/{self.total / GiB:.2f} GiB {self.done / GiB / elapsed:5.2f} GiB/s"
+        else:
+            what = f"{self.done}/{self.total}"
+        sys.stderr.write(f"  {self.label:<24} [{bar}] {frac * 100:5.1f}% {what} {elapsed:6.1f}s{end}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.perf_counter(), end="\n")
+
+
+# -- data -----------------------------------------------------------------------------------
+def digest(value: Any, ref_digest: Callable[[Any], int] | None = None) -> int:
+    """xxh3-64 of a value: raw bytes for arrays and bytes, pickle bytes for Python objects;
+    an ObjectRef inside a dict or list counts as the digest of the value it points to."""
+    if isinstance(value, np.ndarray):
+        h = xxhash.xxh3_64(f"{value.dtype.str}{value.shape}".encode())
+        h.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+        return h.intdigest()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return xxhash.xxh3_64_intdigest(value)
+    if isinstance(value, dict):
+        h = xxhash.xxh3_64()
+        for k in sorted(value, key=repr):
+            h.update(repr(k).encode())
+            h.update(digest(value[k], ref_digest).to_bytes(8, "little"))
+        return h.intdigest()
+    if isinstance(value, (list, tuple)) and any(_is_ref(v) or isinstance(v, (dict, np.ndarray))
+                                                for v in value):
+        h = xxhash.xxh3_64(type(value).__name__.encode())
+        for v in value:
+            h.update(digest(v, ref_digest).to_bytes(8, "little"))
+        return h.intdigest()
+    if _is_ref(value):
+        if ref_digest is None:
+            import ray
+
+            return digest(ray.get(value))
+        return ref_digest(value)
+    return xxhash.xxh3_64_intdigest(pickle.dumps(value, protocol=5))
+
+
+def _is_ref(value: Any) -> bool:
+    import ray
+
+    return isinstance(value, ray.ObjectRef)
+
+
+def nbytes_of(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(nbytes_of(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes_of(v) for v in value)
+    return 0
+
+
+class DataMaker:
+    """Makes objects of one kind fast: a few random base blocks are generated once; each object
+    is a base block whose values at every ``VARY_STRIDE_BYTES`` are replaced by fresh ones (so
+    every object, and every chunk of it, differs). ``ray.put`` copies the block into plasma,
+    so the block can be mutated again for the next object."""
+
+    N_BASE = 3
+
+    def __init__(self, kind: str, object_bytes: int, seed: int = 1234):
+        if kind not in DATA_KINDS:
+            raise ValueError(f"unknown data kind {kind!r}")
+        self.kind = kind
+        self.object_bytes = object_bytes
+        self.rng = np.random.default_rng(seed)
+        self.bases = [self._base() for _ in range(self.N_BASE if kind != "mixed" else 2)]
+
+    def _base(self) -> np.ndarray:
+        rng, n = self.rng, self.object_bytes
+        if self.kind in ("float64", "mixed"):
+            a = np.empty(n // 8, dtype=np.float64)
+            rng.random(out=a)
+            return a
+        if self.kind == "fp16-kv":
+            # (layers, 2, heads, tokens, dim) of half-precision activations
+            heads, dim = 8, 128
+            tokens = max(1, n // (2 * 2 * heads * dim * 2) // 4)
+            layers = max(1, n // (2 * 2 * heads * tokens * dim))
+            a = np.empty((layers, 2, heads, tokens, dim), dtype=np.float16)
+            flat = a.reshape(-1)
+            step = 1 << 22
+            tmp = np.empty(step, dtype=np.float32)
+            for s in range(0, flat.size, step):
+                m = min(step, flat.size - s)
+                rng.standard_normal(out=tmp[:m], dtype=np.float32)
+                flat[s:s + m] = tmp[:m]
+            return a
+        if self.kind == "int-tokens":
+            return rng.integers(0, 50_000, size=n // 8, dtype=np.int64)
+        if self.kind == "sparse":
+            a = np.zeros(n // 8, dtype=np.float64)
+            nz = max(1, a.size // 100)
+            a[rng.choice(a.size, size=nz, replace=False)] = rng.standard_normal(nz)
+            return a
+        raise AssertionError(self.kind)
+
+    def _vary(self, a: np.ndarray, index: int) -> None:
+        flat = a.reshape(-1)
+        stride = max(1, VARY_STRIDE_BYTES // flat.itemsize)
+        pos = flat[(index * 7919) % stride::stride]
+        if self.kind == "fp16-kv":
+            pos[:] = self.rng.standard_normal(pos.size, dtype=np.float32)
+        elif self.kind == "int-tokens":
+            pos[:] = self.rng.integers(0, 50_000, size=pos.size)
+        elif self.kind == "sparse":
+            # same positions each time: density stays ~1 %
+            flat[::stride] = self.rng.standard_normal(flat[::stride].size)
+        else:
+            pos[:] = self.rng.random(pos.size)
+        flat[0] = index  # no two objects alike, whatever the rng does
+
+    def make(self, index: int, put: Callable[[Any], Any]) -> tuple[Any, int, int, list]:
+        """Return (value to put, original bytes, digest, child refs kept alive by the value)."""
+        if self.kind != "mixed":
+            a = self.bases[index % len(self.bases)]
+            self._vary(a, index)
+            return a, a.nbytes, digest(a), []
+        base = self.bases[index % len(self.bases)]
+        self._vary(base, index)
+        flavour = index % 3
+        if flavour == 0:  # a plain numpy array (float32 view: another dtype)
+            a = base.view(np.float32)
+            return a, a.nbytes, digest(a), []
+        if flavour == 1:  # raw bytes (a copy, made from the block)
+            b = base.tobytes()
+            return b, len(b), digest(b), []
+        # a dict of Python objects, an array, bytes and refs to other objects
+        child_arr = np.arange(index, index + 128 * 1024, dtype=np.int64)  # 1 MiB
+        child_obj = {"step": index, "tags": [f"t{index}-{j}" for j in range(50)]}
+        children = {put(child_arr): digest(child_arr), put(child_obj): digest(child_obj)}
+        refs = list(children)
+        half = len(base) // 2
+        value = {
+            "id": index,
+            "array": base[:half],
+            "blob": base[half:].tobytes(),
+            "meta": {"name": f"obj-{index}", "shape": list(base.shape), "scale": 0.5 * index,
+                     "nested": [(i, str(i) * 3) for i in range(200)]},
+            "refs": refs,
+        }
+        d = digest(value, ref_digest=lambda r: children[r])
+        return value, nbytes_of(value), d, refs
+
+
+def _check_in_task(refs: list, expected: list[int]) -> list[tuple[int, bool, float]]:
+    """Runs inside a Ray task: get each object, return (index, ok, seconds)."""
+    import ray
+
+    out = []
+    for i, (ref, want) in enumerate(zip(refs, expected)):
+        t0 = time.perf_counter()
+        value = ray.get(ref)
+        dt = time.perf_counter() - t0
+        out.append((i, digest(value) == want, dt))
+        del value
+    return out
+
+
+# -- storage-specific probes ----------------------------------------------------------------
+class ValkeyProbe:
+    def __init__(self, url: str, prefix: str):
+        import valkey
+
+        self.client = valkey.Valkey.from_url(url)
+        self.prefix = prefix
+        self.base_used = self.used_memory()
+        self.peak_used = self.base_used
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def used_memory(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def _sample(self) -> None:
+        import valkey
+
+        client = valkey.Valkey(connection_pool=self.client.connection_pool)
+        while not self._stop.wait(0.1):
+            try:
+                used = int(client.info("memory")["used_memory"])
+            except Exception:  # noqa: BLE001 - the sampler must never kill the run
+                continue
+            self.peak_used = max(self.peak_used, used)
+
+    def keys(self) -> list[bytes]:
+        return list(self.client.scan_iter(match=self.prefix + "*", count=1000))
+
+    def stored_bytes(self) -> tuple[int, int]:
+        keys = self.keys()
+        pipe = self.client.pipeline(transaction=False)
+        for k in keys:
+            pipe.strlen(k)
+        return len(keys), sum(pipe.execute()) if keys else 0
+
+    def manifest_count(self) -> int:
+        return sum(1 for k in self.keys() if k.endswith(b":m"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.peak_used = max(self.peak_used, self.used_memory())
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DirProbe:
+    def __init__(self, path: str):
+        self.path = path
+
+    def files(self) -> list[str]:
+        out = []
+        for root, _, names in os.walk(self.path):
+            out.extend(os.path.join(root, n) for n in names)
+        return out
+
+    def stored_bytes(self) -> tuple[int, int]:
+        files = self.files()
+        total = 0
+        for f in files:
+            try:
+                total += os.path.getsize(f)
+            except OSError:
+                pass
+        return len(files), total
+
+
+def raylet_stats() -> dict | None:
+    """The raylet's store stats (spilled/restored bytes) or None when grpcio is missing."""
+    try:
+        import ray
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+    except ImportError:
+        return None
+    s = reply.store_stats
+    return {name: getattr(s, name) for name in (
+        "spilled_bytes_total", "spilled_objects_total", "spill_time_total_s",
+        "restored_bytes_total", "restored_objects_total", "restore_time_total_s",
+        "object_store_bytes_used", "object_store_bytes_avail")}
+
+
+# -- one run --------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    backend: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
+    import ray
+
+    from .config import spilling_config
+
+    res = RunResult(backend)
+    fig = res.figures
+    object_bytes = args.object_mib * MiB
+    n_objects = max(1, int(args.total_gib * GiB) // object_bytes)
+    capacity = args.object_store_mib * MiB
+    tmpdir = None
+    probe: ValkeyProbe | DirProbe
+    if backend == "valkey":
+        prefix = f"ray:stress{uuid.uuid4().hex[:8]}:"
+        options = {"prefix": prefix}
+        for name in ("chunk_size_bytes", "connections", "compression"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
+        spill_cfg = spilling_config(url, **options)
+        probe = ValkeyProbe(url, prefix)
+        fig["valkey_prefix"] = prefix
+    else:
+        parent = args.baseline_dir or None
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        tmpdir = tempfile.mkdtemp(prefix="rvs-fs-spill-", dir=parent)
+        spill_cfg = json.dumps({"type": "filesystem", "params": {"directory_path": tmpdir}})
+        probe = DirProbe(tmpdir)
+        fig["spill_dir"] = tmpdir
+
+    maker = DataMaker(args.data, object_bytes, seed=args.seed)  # generation: not timed
+    ray.init(num_cpus=args.num_cpus, object_store_memory=capacity, include_dashboard=False,
+             logging_level="warning", log_to_driver=False,
+             _system_config={"object_spilling_config": spill_cfg,
+                             "min_spilling_size": args.min_spilling_mib * MiB})
+    check_remote = ray.remote(num_cpus=1)(_check_in_task)
+    try:
+        # Warm the task workers now, so that their start-up is not timed later.
+        ray.get([check_remote.remote([], []) for _ in range(args.num_cpus)])
+        refs, digests, sizes, keepalive = [], [], [], []
+        put_time = 0.0
+        bar = Progress(f"{backend}: put+spill", n_objects * object_bytes, enabled=progress)
+        for i in range(n_objects):
+            value, size, d, children = maker.make(i, ray.put)
+            t0 = time.perf_counter()
+            ref = ray.put(value)
+            put_time += time.perf_counter() - t0
+            del value
+            refs.append(ref)
+            digests.append(d)
+            sizes.append(size)
+            keepalive.append(children)
+            bar.update(size)
+        total_bytes = sum(sizes)
+        # Wait until the raylet has spilled enough to get below its threshold.
+        must_spill = max(0, total_bytes - int(0.8 * capacity) - object_bytes)
+        t0 = time.perf_counter()
+        stats = raylet_stats()
+        deadline = t0 + args.spill_wait_s
+        while time.perf_counter() < deadline:
+            stats = raylet_stats()
+            if stats is not None:
+                spilled = stats["spilled_bytes_total"]
+            elif backend == "valkey":
+                spilled = probe.manifest_count() * object_bytes
+            else:
+                spilled = probe.stored_bytes()[1]
+            if spilled >= must_spill:
+                break
+            time.sleep(0.02)
+        wait_time = time.perf_counter() - t0
+        bar.close()
+        spill_time = put_time + wait_time
+        fig.update(objects=n_objects, total_bytes=total_bytes, put_s=put_time, spill_wait_s=wait_time,
+                   spill_s=spill_time, spill_gibps=total_bytes / GiB / spill_time)
+        if stats is not None:
+            fig["spilled_bytes_after_put"] = stats["spilled_bytes_total"]
+            fig["spilled_objects_after_put"] = stats["spilled_objects_total"]
+            if stats["spill_time_total_s"]:
+                fig["raylet_spill_gibps"] = (stats["spilled_bytes_total"] / GiB
+                                             / stats["spill_time_total_s"])
+        n_stored, stored = probe.stored_bytes()
+        fig["stored_items_after_put"], fig["stored_bytes_after_put"] = n_stored, stored
+        spilled_now = fig.get("spilled_bytes_after_put") or stored
+        if spilled_now:
+            fig["stored_per_spilled_byte"] = stored / spilled_now
+        if isinstance(probe, ValkeyProbe):
+            used = probe.used_memory() - probe.base_used
+            fig["valkey_used_delta_after_put"] = used
+            if spilled_now:
+                fig["valkey_memory_per_spilled_byte"] = used / spilled_now
+
+        lost = corrupt = 0
+        latencies: list[float] = []
+
+        def verify(i: int, value) -> None:
+            nonlocal corrupt
+            if digest(value) != digests[i]:
+                corrupt += 1
+                res.errors.append(f"object {i} corrupted")
+
+        def read_pass(name: str, order: list[int]) -> float:
+            nonlocal lost
+            bar = Progress(f"{backend}: {name}", sum(sizes[i] for i in order), enabled=progress)
+            spent = 0.0
+            for i in order:
+                t0 = time.perf_counter()
+                try:
+                    value = ray.get(refs[i], timeout=args.get_timeout_s)
+                except Exception as exc:  # noqa: BLE001 - counted as lost
+                    lost += 1
+                    res.errors.append(f"object {i} lost in {name} pass: {type(exc).__name__}: {exc}")
+                    continue
+                dt = time.perf_counter() - t0
+                spent += dt
+                latencies.append(dt)
+                verify(i, value)
+                del value
+                bar.update(sizes[i])
+            bar.close()
+            return spent
+
+        order = list(range(n_objects))
+        t_in_order = read_pass("read in order", order)
+        fig.update(restore_s=t_in_order, restore_gibps=total_bytes / GiB / t_in_order)
+        if (stats := raylet_stats()) is not None:
+            fig["restored_bytes_after_first_pass"] = stats["restored_bytes_total"]
+        shuffled = order[:]
+        random.Random(args.seed).shuffle(shuffled)
+        t_random = read_pass("read random", shuffled)
+        fig["random_restore_gibps"] = total_bytes / GiB / t_random
+        fig["latency_p50_ms"] = 1000 * _percentile(latencies, 50)
+        fig["latency_p99_ms"] = 1000 * _percentile(latencies, 99)
+
+        # Concurrent reads from Ray tasks: a quarter of the objects (at least 4), 2 tasks/CPU.
+        sample = random.Random(args.seed + 1).sample(order, min(n_objects, max(4, n_objects // 4)))
+        n_tasks = min(len(sample), 2 * args.num_cpus)
+        groups = [sample[j::n_tasks] for j in range(n_tasks)]
+        t0 = time.perf_counter()
+        futures = [check_remote.remote([refs[i] for i in g], [digests[i] for i in g])
+                   for g in groups]
+        task_lat = []
+        try:
+            for g, out in zip(groups, ray.get(futures, timeout=args.get_timeout_s * len(sample))):
+                for j, ok, dt in out:
+                    task_lat.append(dt)
+                    if not ok:
+                        corrupt += 1
+                        res.errors.append(f"object {g[j]} corrupted (read in a task)")
+        except Exception as exc:  # noqa: BLE001
+            lost += len(sample)
+            res.errors.append(f"concurrent task reads failed: {type(exc).__name__}: {exc}")
+        t_conc = time.perf_counter() - t0
+        fig["concurrent_gibps"] = sum(sizes[i] for i in sample) / GiB / t_conc
+        fig["concurrent_objects"] = len(sample)
+        fig["concurrent_latency_p50_ms"] = 1000 * _percentile(task_lat, 50)
+        if (stats := raylet_stats()) is not None:
+            fig["spilled_bytes_total"] = stats["spilled_bytes_total"]
+            fig["restored_bytes_total"] = stats["restored_bytes_total"]
+            if stats["restore_time_total_s"]:
+                fig["raylet_restore_gibps"] = (stats["restored_bytes_total"] / GiB
+                                               / stats["restore_time_total_s"])
+        if isinstance(probe, ValkeyProbe):
+            probe.stop()
+            fig["valkey_used_memory_peak"] = probe.peak_used
+            fig["valkey_used_delta_peak"] = probe.peak_used - probe.base_used
+            spilled_total = fig.get("spilled_bytes_total") or stored
+            if spilled_total:
+                fig["compression_ratio_peak"] = fig["valkey_used_delta_peak"] / spilled_total
+        fig.update(lost=lost, corrupted=corrupt)
+
+        # Drop every ref: Ray deletes spilled copies asynchronously (about once a second).
+        del refs, keepalive
+        t0 = time.perf_counter()
+        left = probe.stored_bytes()[0]
+        while left and time.perf_counter() - t0 < args.delete_wait_s:
+            time.sleep(0.25)
+            left = probe.stored_bytes()[0]
+        fig["left_after_drop"] = left
+        fig["delete_wait_s"] = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+        if isinstance(probe, ValkeyProbe):
+            probe.stop()
+    left = probe.stored_bytes()[0]
+    fig["left_after_shutdown"] = left
+    if left or fig.get("left_after_drop"):
+        res.errors.append(f"{fig.get('left_after_drop')} keys/files left after refs were dropped, "
+                          f"{left} after ray.shutdown()")
+    if isinstance(probe, ValkeyProbe):
+        probe.close()
+    if tmpdir:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return res
+
+
+# -- reporting ------------------------------------------------------------------------------
+ROWS = [  # (figure, label, format, higher is better?)
+    ("spill_gibps", "spill GiB/s (put + wait)", "{:.3f}", True),
+    ("restore_gibps", "restore GiB/s (in order)", "{:.3f}", True),
+    ("random_restore_gibps", "restore GiB/s (random)", "{:.3f}", True),
+    ("concurrent_gibps", "restore GiB/s (tasks)", "{:.3f}", True),
+    ("latency_p50_ms", "get latency p50 ms", "{:.1f}", False),
+    ("latency_p99_ms", "get latency p99 ms", "{:.1f}", False),
+    ("raylet_spill_gibps", "raylet spill GiB/s", "{:.3f}", True),
+    ("raylet_restore_gibps", "raylet restore GiB/s", "{:.3f}", True),
+    ("spilled_bytes_total", "spilled bytes (raylet)", "{:,.0f}", None),
+    ("stored_bytes_after_put", "stored bytes after put", "{:,.0f}", None),
+    ("stored_per_spilled_byte", "stored / spilled bytes", "{:.3f}", False),
+    ("valkey_memory_per_spilled_byte", "used_memory / spilled", "{:.3f}", False),
+    ("compression_ratio_peak", "peak used_memory / spilled", "{:.3f}", False),
+    ("valkey_used_memory_peak", "valkey used_memory peak", "{:,.0f}", None),
+    ("left_after_drop", "keys/files left (refs dropped)", "{:.0f}", None),
+    ("left_after_shutdown", "keys/files left (shutdown)", "{:.0f}", None),
+    ("lost", "objects lost", "{:.0f}", None),
+    ("corrupted", "objects corrupted", "{:.0f}", None),
+]
+
+
+def _median(results: list[RunResult], name: str) -> float | None:
+    vals = [r.figures[name] for r in results if isinstance(r.figures.get(name), (int, float))]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(runs: dict[str, list[RunResult]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for backend, results in runs.items():
+        out[backend] = {name: _median(results, name) for name, *_ in ROWS}
+        out[backend]["runs"] = [r.figures for r in results]
+        out[backend]["errors"] = [e for r in results for e in r.errors]
+    if len(runs) == 2:
+        a, b = runs["valkey"], runs[next(k for k in runs if k != "valkey")]
+        ratios = {}
+        for name, _, _, better in ROWS:
+            if better is None:
+                continue
+            per_rep = [x.figures[name] / y.figures[name] for x, y in zip(a, b)
+                       if x.figures.get(name) and y.figures.get(name)]
+            if per_rep:
+                ratios[name] = statistics.median(per_rep)
+        out["ratios_valkey_over_baseline"] = ratios
+    return out
+
+
+def print_table(summary: dict[str, Any], backends: list[str], repeat: int) -> None:
+    ratios = summary.get("ratios_valkey_over_baseline", {})
+    head = f"{'median of ' + str(repeat) + ' run(s)':<32}" + "".join(f"{b:>16}" for b in backends)
+    if ratios:
+        head += f"{'valkey/baseline':>17}"
+    print(head)
+    print("-" * len(head))
+    for name, label, fmt, _ in ROWS:
+        cells = []
+        for b in backends:
+            v = summary[b].get(name)
+            cells.append(f"{fmt.format(v) if v is not None else '-':>16}")
+        if not any(c.strip() != "-" for c in cells):
+            continue
+        line = f"{label:<32}" + "".join(cells)
+        if ratios:
+            r = ratios.get(name)
+            line += f"{(f'{r:.2f}x' if r is not None else ''):>17}"
+        print(line)
+
+
+def environment(url: str | None) -> dict[str, Any]:
+    import ray
+
+    from . import __version__
+
+    env: dict[str, Any] = {
+        "ray": ray.__version__, "package": __version__, "python": platform.python_version(),
+        "numpy": np.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+        "platform": platform.platform(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        import valkey
+
+        env["valkey_py"] = valkey.__version__
+        if url:
+            info = valkey.Valkey.from_url(url).info("server")
+            env["valkey_server"] = info.get("valkey_version") or info.get("redis_version")
+    except Exception as exc:  # noqa: BLE001
+        env["valkey_server"] = f"unknown ({exc})"
+    try:
+        with open("/proc/meminfo") as f:
+            env["mem_total_kib"] = int(f.readline().split()[1])
+    except OSError:
+        pass
+    env["git_commit"] = git_commit()
+    return env
+
+
+def git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ray-valkey-spill stress", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="Valkey server URL (default: start an embedded valkey-server)")
+    p.add_argument("--total-gib", type=float, default=2.0, help="bytes pushed through Ray (GiB)")
+    p.add_argument("--object-mib", type=int, default=64, help="size of one object (MiB)")
+    p.add_argument("--object-store-mib", type=int, default=512, help="Ray object store (MiB)")
+    p.add_argument("--min-spilling-mib", type=int, default=0, help="Ray min_spilling_size (MiB)")
+    p.add_argument("--data", choices=DATA_KINDS, default="float64")
+    p.add_argument("--baseline", choices=("filesystem",), help="also run Ray's filesystem spilling")
+    p.add_argument("--baseline-dir", help="parent directory of the filesystem baseline's spill "
+                   "directory (default: the system temp dir; /dev/shm measures Ray's ceiling)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per backend (alternating); medians")
+    p.add_argument("--chunk-size-bytes", type=int, help="spilling option chunk_size_bytes")
+    p.add_argument("--connections", type=int, help="spilling option connections")
+    p.add_argument("--compression", choices=("auto", "zstd", "none"), help="spilling option")
+    p.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (task parallelism)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--spill-wait-s", type=float, default=120.0)
+    p.add_argument("--get-timeout-s", type=float, default=120.0)
+    p.add_argument("--delete-wait-s", type=float, default=30.0)
+    p.add_argument("--json", help="write every figure, the configuration and versions here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.repeat < 1 or args.total_gib <= 0 or args.object_mib < 1:
+        p.error("--repeat, --total-gib and --object-mib must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    backends = ["valkey"] + ([args.baseline] if args.baseline else [])
+    server = None
+    url = args.url
+    if url is None:
+        from .embedded import EmbeddedValkey
+
+        server = EmbeddedValkey()
+        url = server.url
+    try:
+        env = environment(url)
+        runs: dict[str, list[RunResult]] = {b: [] for b in backends}
+        for rep in range(args.repeat):
+            for backend in backends:
+                print(f"[{rep + 1}/{args.repeat}] {backend}: {args.total_gib} GiB of {args.data} "
+                      f"in {args.object_mib} MiB objects through a {args.object_store_mib} MiB "
+                      "object store", file=sys.stderr)
+                runs[backend].append(run_once(backend, args, url if backend == "valkey" else None,
+                                              progress=not args.no_progress))
+                for err in runs[backend][-1].errors[:10]:
+                    print(f"  ERROR: {err}", file=sys.stderr)
+    finally:
+        if server is not None:
+            server.stop()
+    summary = summarize(runs)
+    print()
+    print(f"data={args.data} total={args.total_gib} GiB object={args.object_mib} MiB "
+          f"store={args.object_store_mib} MiB  ray {env['ray']}  valkey {env.get('valkey_server')}"
+          f"  {env['cpus']} CPUs  commit {env['git_commit']}")
+    print_table(summary, backends, args.repeat)
+    failures = [e for b in backends for e in summary[b]["errors"]]
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        config = {k: v for k, v in vars(args).items() if k != "json"}
+        config["url"] = "embedded" if server is not None else args.url
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"config": config, "environment": env, "summary": summary,
+                       "ok": not failures}, f, indent=2, default=str)
+    if failures:
+        print(f"FAILED: {len(failures)} problem(s), e.g. {failures[0]}", file=sys.stderr)
+        return 1
+    print("OK: no object lost or corrupted, no key left behind")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""Spill stress test (same as ``ray-valkey-spill stress``): see ray_valkey_spill/stress.py.
+
+    python scripts/spill_stress.py --data float64 --baseline filesystem --repeat 3
+"""
+
+import sys
+
+from ray_valkey_spill.stress import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

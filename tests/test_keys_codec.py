@@ -1,0 +1,113 @@
+"""Key/URL formats and the chunk codec, as pure functions (no server needed)."""
+
+import numpy as np
+import pytest
+
+from ray_valkey_spill import keys as K
+from ray_valkey_spill.codec import CODEC_RAW, CODEC_ZSTD, ChunkCodec, ChunkInfo, Manifest
+from ray_valkey_spill.errors import CorruptObjectError, InvalidSpillURLError
+
+SESSION = "session_2026-11-30_00-00-00_000000_1"
+NODE = "ab" * 28
+
+
+def test_spill_url_round_trip():
+    base = K.new_base_key("ray:", SESSION, NODE, "ff" * 20)
+    url = K.SpillURL(base, 1234, 3).encode()
+    assert K.parse_spill_url(url, "ray:") == K.SpillURL(base, 1234, 3)
+    # Ray's raylet splits at the first '?' and its Python parser needs a non-empty host.
+    assert url.count(b"?") == 1 and url.startswith(b"valkey://spill/ray:")
+
+
+def test_base_keys_are_unique_per_spill():
+    assert K.new_base_key("ray:", SESSION, NODE, "00") != K.new_base_key("ray:", SESSION, NODE, "00")
+
+
+@pytest.mark.parametrize("url", [
+    b"valkey://spill/emb:s:n:o.1?offset=0&size=1&chunks=1",      # outside the prefix
+    b"valkey://spill/ray:s:n?offset=0&size=1&chunks=1",          # not session:node:object
+    b"valkey://spill/ray:s:n:o.1",                               # no query
+    b"valkey://spill/ray:s:n:o.1?offset=5&size=1&chunks=1",      # offset must be 0
+    b"valkey://spill/ray:s:n:o.1?offset=0&size=-1&chunks=1",
+    b"valkey://spill/ray:s:n:o*?offset=0&size=1&chunks=1",       # glob characters
+    b"valkey://spill/ray:s:n:hb?offset=0&size=1&chunks=0",       # the heartbeat key
+    b"file:///tmp/x?offset=0&size=1",
+    b"\xff\xfe",
+])
+def test_bad_spill_urls_are_refused(url):
+    with pytest.raises(InvalidSpillURLError):
+        K.parse_spill_url(url, "ray:")
+
+
+def test_node_pattern_covers_objects_and_heartbeat_only_of_that_node():
+    import fnmatch
+    pattern = K.node_pattern("ray:", SESSION, NODE)
+    base = K.new_base_key("ray:", SESSION, NODE, "aa")
+    other = K.new_base_key("ray:", SESSION, "cd" * 28, "aa")
+    assert fnmatch.fnmatchcase(K.chunk_key(base, 0), pattern)
+    assert fnmatch.fnmatchcase(K.heartbeat_key("ray:", SESSION, NODE), pattern)
+    assert not fnmatch.fnmatchcase(K.chunk_key(other, 0), pattern)
+    assert K.split_key("ray:", K.manifest_key(base))[:2] == (SESSION, NODE)
+
+
+def _encode_all(codec, data: bytes, chunk: int):
+    view = memoryview(data)
+    return [codec.encode(view[i:i + chunk]) for i in range(0, len(data), chunk)]
+
+
+def test_random_floats_stored_raw_and_tokens_compressed():
+    rng = np.random.default_rng(1)
+    codec = ChunkCodec("auto", 1)
+    floats = rng.random(1 << 17).tobytes()
+    tokens = rng.integers(0, 50_000, 1 << 17).astype(np.int64).tobytes()
+    (f_info, f_payload), = _encode_all(codec, floats, len(floats))
+    (t_info, t_payload), = _encode_all(codec, tokens, len(tokens))
+    assert f_info.codec == CODEC_RAW and bytes(f_payload) == floats
+    assert t_info.codec == CODEC_ZSTD and t_info.stored_len < 0.35 * len(tokens)
+
+
+@pytest.mark.parametrize("mode", ["auto", "zstd", "none"])
+def test_decode_restores_exact_bytes(mode):
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes()
+    codec = ChunkCodec(mode, 3)
+    target = bytearray(len(data))
+    chunk = 65536
+    for i, (info, payload) in enumerate(_encode_all(codec, data, chunk)):
+        ChunkCodec.decode_into(info, bytes(payload), memoryview(target)[i * chunk:i * chunk + chunk], "k")
+    assert bytes(target) == data
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "swap", "missing"])
+def test_damaged_chunks_are_detected(damage):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 9, 70_000, dtype=np.uint8).tobytes()
+    b = rng.integers(0, 9, 70_000, dtype=np.uint8).tobytes()
+    codec = ChunkCodec("auto", 1)
+    info, payload = codec.encode(memoryview(a))
+    stored = bytearray(payload)
+    if damage == "flip":
+        stored[len(stored) // 2] ^= 0x01
+    elif damage == "truncate":
+        stored = stored[:-1]
+    elif damage == "swap":
+        stored = bytearray(codec.encode(memoryview(b))[1])
+    elif damage == "missing":
+        stored = None
+    with pytest.raises(CorruptObjectError):
+        ChunkCodec.decode_into(info, stored if stored is None else bytes(stored),
+                               memoryview(bytearray(len(a))), "ray:x:0")
+
+
+def test_manifest_round_trip_and_corruption():
+    m = Manifest(4, 10, b"owner", b"meta", (ChunkInfo(0, 4, 1), ChunkInfo(1, 3, 2),
+                                             ChunkInfo(0, 2, 3)))
+    data = m.encode()
+    assert Manifest.decode(data, "k") == m
+    for i in range(len(data)):
+        broken = bytearray(data)
+        broken[i] ^= 0x40
+        with pytest.raises(CorruptObjectError):
+            Manifest.decode(bytes(broken), "k")
+    with pytest.raises(CorruptObjectError):
+        Manifest.decode(data[:-3], "k")

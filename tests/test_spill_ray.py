@@ -1,0 +1,208 @@
+"""Spilling through a real Ray into the real embedded valkey-server, every byte checked."""
+
+import glob
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from conftest import MiB, start_ray
+from ray_valkey_spill import BackendUnavailableError, ConfigError, EmbeddedValkey, UnsafeServerError
+from ray_valkey_spill.keyspace import scan_keys
+
+
+def object_keys(client, prefix):
+    """Keys of spilled objects (chunks and manifests), not the per-node heartbeat."""
+    return [k for k in scan_keys(client, prefix + "*") if not k.endswith(b":hb")]
+
+
+def wait_for(predicate, timeout_s=20.0, interval_s=0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+def make_objects(ray):
+    """Many objects of many kinds, ~3x the 100 MiB object store in total."""
+    rng = np.random.default_rng(7)
+    inner = ray.put(np.arange(1000, dtype=np.int32))
+    expected = {
+        "float64": rng.random(2 * MiB // 8),
+        "float32": rng.random(MiB // 4, dtype=np.float32),
+        "float16": rng.standard_normal(MiB // 2).astype(np.float16),
+        "int8": rng.integers(-128, 127, MiB, dtype=np.int8),
+        "uint64": rng.integers(0, 2**63, MiB // 8, dtype=np.uint64),
+        "bool": rng.random(MiB) > 0.5,
+        "complex": rng.random(4096) + 1j * rng.random(4096),
+        "empty": np.zeros((0, 7), dtype=np.float64),
+        "zero_d": np.array(3.5),
+        "bytes": rng.bytes(3 * MiB + 17),
+        "python": {"a": [1, 2.5, "x" * 1000], "b": (None, True), "c": set(range(100))},
+        "holds_ref": {"ref": inner, "note": "nested"},
+        "huge": rng.integers(0, 50_000, 40 * MiB // 8, dtype=np.int64),  # 40 chunks of 1 MiB
+    }
+    for i in range(30):  # filler that forces spilling of everything above
+        expected[f"fill{i}"] = np.full(8 * MiB // 8, i, dtype=np.int64)
+    refs = {name: ray.put(value) for name, value in expected.items()}
+    return inner, expected, refs
+
+
+def assert_same(name, got, want):
+    if isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert got.tobytes() == want.tobytes(), name
+    elif name == "holds_ref":
+        import ray
+        assert ray.get(got["ref"]).tolist() == list(range(1000)) and got["note"] == "nested"
+    else:
+        assert pickle.dumps(got) == pickle.dumps(want), name
+
+
+def test_round_trip_of_many_kinds_through_spilling(ray_spilling, valkey_client, spill_prefix):
+    ray = ray_spilling
+    inner, expected, refs = make_objects(ray)
+    assert wait_for(lambda: len(object_keys(valkey_client, spill_prefix)) > 40), \
+        "nothing was spilled to Valkey"
+    for name in ["huge", "float64", "bytes"]:  # spilled early, so certainly restored from Valkey
+        assert_same(name, ray.get(refs[name]), expected[name])
+    for name, ref in reversed(list(refs.items())):
+        assert_same(name, ray.get(ref), expected[name])
+
+
+def test_delete_frees_keys_object_by_object(ray_spilling, valkey_client, spill_prefix):
+    ray = ray_spilling
+    refs = [ray.put(np.full(10 * MiB // 8, i, dtype=np.int64)) for i in range(30)]
+    assert wait_for(lambda: len(object_keys(valkey_client, spill_prefix)) > 0)
+    spilled = len(object_keys(valkey_client, spill_prefix))
+    del refs[:10]  # free a third: their keys must go although others stay
+    assert wait_for(lambda: len(object_keys(valkey_client, spill_prefix)) < spilled)
+    assert [int(ray.get(r)[0]) for r in refs] == list(range(10, 30))
+    del refs
+    assert wait_for(lambda: not object_keys(valkey_client, spill_prefix)), \
+        "spilled keys were not deleted after their refs were dropped"
+
+
+def test_shutdown_removes_the_heads_keys(valkey_url, valkey_client, spill_prefix):
+    ray = start_ray(valkey_url, prefix=spill_prefix, chunk_size_bytes=MiB)
+    try:
+        refs = [ray.put(np.full(10 * MiB // 8, i, dtype=np.int64)) for i in range(25)]
+        assert wait_for(lambda: len(object_keys(valkey_client, spill_prefix)) > 0)
+    finally:
+        ray.shutdown()
+    assert not scan_keys(valkey_client, spill_prefix + "*")
+    del refs
+
+
+def test_chunks_stay_below_a_1mb_proto_max_bulk_len():
+    with EmbeddedValkey(config={"proto-max-bulk-len": "1mb"}) as server:
+        client = server.client()
+        with pytest.raises(ConfigError, match="proto-max-bulk-len"):
+            start_ray(server.url, chunk_size_bytes=MiB)
+        ray = start_ray(server.url, chunk_size_bytes=512 * 1024)
+        try:
+            rng = np.random.default_rng(5)
+            big = rng.random(24 * MiB // 8)
+            refs = [ray.put(big)] + [ray.put(np.full(MiB, i, dtype=np.int64)) for i in range(20)]
+            assert wait_for(lambda: client.dbsize() > 24)
+            sizes = [client.strlen(k) for k in scan_keys(client, "ray:*")]
+            assert max(sizes) <= 512 * 1024
+            assert ray.get(refs[0]).tobytes() == big.tobytes()
+        finally:
+            ray.shutdown()
+
+
+def _stored_bytes(client, prefix):
+    return sum(client.strlen(k) for k in object_keys(client, prefix))
+
+
+@pytest.mark.parametrize("kind,low,high", [("float64", 0.98, 1.02), ("tokens", 0.05, 0.35),
+                                           ("sparse", 0.0, 0.05)])
+def test_compression_pays_for_itself(valkey_url, valkey_client, spill_prefix, kind, low, high):
+    rng = np.random.default_rng(11)
+    n = 16 * MiB // 8
+    if kind == "float64":
+        data = rng.random(n)
+    elif kind == "tokens":
+        data = rng.integers(0, 50_000, n, dtype=np.int64)
+    else:
+        data = np.zeros(n)
+        data[rng.integers(0, n, n // 100)] = rng.random(n // 100)
+    ray = start_ray(valkey_url, prefix=spill_prefix, chunk_size_bytes=MiB)
+    try:
+        ref = ray.put(data)
+        fill = [ray.put(np.zeros(10 * MiB // 8)) for _ in range(12)]  # pushes `ref` out first
+        assert wait_for(lambda: len(object_keys(valkey_client, spill_prefix)) > 16)
+        first = sorted(object_keys(valkey_client, spill_prefix))
+        # the first spilled object is `data`: find its chunks by object id
+        oid = ref.hex()
+        mine = [k for k in first if oid.encode() in k and not k.endswith(b":m")]
+        assert len(mine) >= 16  # 16 MiB of data plus the serialization header
+        ratio = sum(valkey_client.strlen(k) for k in mine) / data.nbytes
+        assert low <= ratio <= high, f"{kind}: stored/original = {ratio:.3f}"
+        assert ray.get(ref).tobytes() == data.tobytes()
+        del fill
+    finally:
+        ray.shutdown()
+
+
+def _logs_contain(ray, text):
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    for path in glob.glob(os.path.join(session_dir, "logs", "*")):
+        try:
+            with open(path, errors="replace") as f:
+                if text in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def test_a_flipped_byte_is_detected_and_never_returned(valkey_url, valkey_client, spill_prefix):
+    ray = start_ray(valkey_url, prefix=spill_prefix, chunk_size_bytes=MiB)
+    try:
+        data = np.random.default_rng(3).random(4 * MiB // 8)
+        ref = ray.put(data)
+        fill = [ray.put(np.zeros(10 * MiB // 8)) for _ in range(12)]
+        oid = ref.hex().encode()
+        assert wait_for(lambda: any(oid in k for k in object_keys(valkey_client, spill_prefix)))
+        chunk = sorted(k for k in object_keys(valkey_client, spill_prefix)
+                       if oid in k and k.endswith(b":1"))[0]
+        byte = valkey_client.getrange(chunk, 1000, 1000)
+        valkey_client.setrange(chunk, 1000, bytes([byte[0] ^ 0x10]))
+        del fill
+        with pytest.raises(ray.exceptions.GetTimeoutError):
+            ray.get(ref, timeout=8)
+        assert wait_for(lambda: _logs_contain(ray, "checksum mismatch"), timeout_s=10)
+        assert _logs_contain(ray, chunk.decode())
+    finally:
+        ray.shutdown()
+
+
+def test_unreachable_server_fails_ray_init_quickly():
+    import ray
+
+    from ray_valkey_spill.embedded import free_port
+
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match="cannot reach Valkey"):
+        start_ray(f"valkey://127.0.0.1:{free_port()}/0", connect_timeout_s=1.0)
+    assert time.monotonic() - started < 15
+    assert not ray.is_initialized()
+
+
+def test_bad_option_fails_ray_init_naming_the_field(valkey_url):
+    with pytest.raises(ConfigError, match="compression"):
+        start_ray(valkey_url, compression="gzip")
+
+
+def test_allkeys_policy_is_refused_unless_accepted():
+    with EmbeddedValkey(config={"maxmemory-policy": "allkeys-lru"}) as server:
+        with pytest.raises(UnsafeServerError, match="volatile-lru"):
+            start_ray(server.url)
+        ray = start_ray(server.url, allow_allkeys_eviction=True)
+        ray.shutdown()
