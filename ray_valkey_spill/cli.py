@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(module_name))
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _DELEGATED:  # they parse their own options, including --flags
+        args = argparse.Namespace(func=_delegate(_DELEGATED[argv[0]][0]), rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     from .errors import RayValkeySpillError
 
     try:

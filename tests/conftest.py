@@ -53,6 +53,7 @@ def start_ray(url: str, object_store_mib: int = 100, num_cpus: int = 2, **option
     import ray
 
     ray.init(
+        address="local",  # never attach to another Ray running on this machine
         num_cpus=num_cpus,
         object_store_memory=object_store_mib * MiB,
         include_dashboard=False,

@@ -61,7 +61,7 @@ def check_ttl(field: str, value: Any) -> int:
 
 
 def check_cache_prefix(use: str, prefix: Any) -> str:
-    """A well-formed prefix that overlaps no other use's prefix (ray:, emb:, ...), else ConfigError."""
+    """A well-formed prefix overlapping no other use's prefix (ray:, emb:, ...); else ConfigError."""
     return validate_prefix(use, prefix)
 
 
@@ -152,6 +152,12 @@ class Counters:
         lookups = out["hits"] + out["misses"]
         out["hit_rate"] = out["hits"] / lookups if lookups else None
         return out
+
+    def due(self) -> bool:
+        """Whether ``publish_into`` would queue commands now (cheap; no lock needed)."""
+        return (self.flush_seconds is not None
+                and time.monotonic() - self._last_flush >= self.flush_seconds
+                and any(self._unpublished.values()))
 
     def publish_into(self, pipe: Any, force: bool = False) -> bool:
         """Queue HINCRBYs of the unpublished deltas (and EXPIRE) on ``pipe`` when due."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RayValkeySpillError
+from ..errors import ConfigError, RayValkeySpillError
 
 MAGIC = 0xA7
 FLAG_ZSTD = 0x01
@@ -169,10 +169,9 @@ class ArrayCodec:
     __slots__ = ("zstd_level", "_last")
 
     def __init__(self, zstd_level: int | None = None):
-        if zstd_level is not None and (isinstance(zstd_level, bool) or not isinstance(zstd_level, int)
+        if zstd_level is not None and (isinstance(zstd_level, bool)
+                                       or not isinstance(zstd_level, int)
                                        or not -7 <= zstd_level <= 22):
-            from ..errors import ConfigError
-
             raise ConfigError("zstd_level", zstd_level, "null (no compression) or -7 to 22")
         self.zstd_level = zstd_level
         # Decode fast path: consecutive values of one cache nearly always share dtype and shape,
@@ -190,6 +189,7 @@ class ArrayCodec:
     def encode(self, value: Any) -> bytes:
         """Bytes of ``value`` (numpy array, torch tensor or array-like). Raises CacheValueError."""
         array = as_numpy(value)
+        header = self.header(array)  # refuses non-numeric dtypes before touching the data
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
         payload = memoryview(array.reshape(-1).view(np.uint8)) if array.size else b""
@@ -197,7 +197,7 @@ class ArrayCodec:
             packed = _compressor(self.zstd_level).compress(payload)
             if len(packed) < len(payload):
                 return self.header(array, FLAG_ZSTD) + packed
-        return b"".join((self.header(array), payload))
+        return b"".join((header, payload))
 
     def decode(self, data: bytes | memoryview) -> np.ndarray:
         """The array stored in ``data`` (a read-only view when uncompressed).

@@ -106,7 +106,7 @@ class EmbeddingCache:
                 self._publish_alone()
             else:
                 pipe = None
-                if self.counters.flush_seconds is not None:
+                if self.counters.due():
                     pipe = self.client.pipeline(transaction=False)
                     if not self.counters.publish_into(pipe):
                         pipe = None

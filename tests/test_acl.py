@@ -1,0 +1,387 @@
+"""Least-privilege ACL users of cluster_configs/valkey-users.acl, against REAL valkey-servers.
+
+The ACL template is rendered with the very script the Kubernetes init containers run
+(render-acl.sh from valkey.yaml), with random test passwords. Then:
+- the rendered file and the manifests' valkey.conf (standalone and cluster) boot a dedicated
+  server, as in the pods;
+- the same rules are applied with ACL SETUSER to the session's shared test server, where the
+  spill user spills and restores through the real backend code, and every user is shown to be
+  confined to its own key prefix. The users are deleted again at the end.
+Passwords travel through environment variables named by ``password_env``, never in URLs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import valkey
+import yaml
+
+from ray_valkey_spill.config import SpillConfig
+from ray_valkey_spill.connection import connect
+from ray_valkey_spill.embedded import free_port, valkey_server_binary
+from ray_valkey_spill.errors import BackendUnavailableError
+from ray_valkey_spill.keyspace import scan_keys
+from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
+from ray_valkey_spill.server_checks import check_server
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "cluster_configs"
+ACL_FILE = CONFIGS / "valkey-users.acl"
+MiB = 1024 * 1024
+CACHE_USERS = {"emb": "embcache", "vllm_kv": "vllmkv", "session": "session"}
+PW_ENV = "RVS_ACL_TEST_PASSWORD_"
+
+
+def _configmap(manifest: str, name: str) -> dict:
+    with open(CONFIGS / manifest, encoding="utf-8") as f:
+        (cm,) = [d for d in yaml.safe_load_all(f)
+                 if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
+    return cm["data"]
+
+
+def _template_users() -> list[str]:
+    return [line.split()[1] for line in ACL_FILE.read_text(encoding="utf-8").splitlines()
+            if line.startswith("user ")]
+
+
+@pytest.fixture(scope="module")
+def passwords() -> dict[str, str]:
+    """Random passwords per user, also exported as RVS_ACL_TEST_PASSWORD_<USER> for password_env."""
+    pws = {u: secrets.token_urlsafe(24) for u in _template_users() if u != "default"}
+    with pytest.MonkeyPatch.context() as mp:
+        for user, pw in pws.items():
+            mp.setenv(PW_ENV + user.upper(), pw)
+        yield pws
+
+
+@pytest.fixture(scope="module")
+def rendered_acl(tmp_path_factory, passwords) -> Path:
+    """valkey-users.acl rendered by the init containers' script, as in the pods."""
+    work = tmp_path_factory.mktemp("acl")
+    script = work / "render-acl.sh"
+    script.write_text(_configmap("valkey.yaml", "valkey-config")["render-acl.sh"])
+    out = work / "users.acl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VALKEY_PASSWORD_")}
+    env.update({f"VALKEY_PASSWORD_{u.upper()}": pw for u, pw in passwords.items()})
+    result = subprocess.run(["sh", str(script), str(ACL_FILE), str(out)], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _rendered_rules(path: Path) -> dict[str, list[str]]:
+    return {line.split()[1]: line.split()[2:] for line in path.read_text().splitlines()}
+
+
+@pytest.fixture(scope="module")
+def acl_users(valkey_server, rendered_acl):
+    """The rendered users applied to the shared session server (default user left alone)."""
+    admin = valkey_server.client()
+    rules = _rendered_rules(rendered_acl)
+    assert rules.pop("default")[0] == "off"
+    existing = {u.decode() for u in admin.execute_command("ACL", "USERS")}
+    assert not existing & set(rules), f"users {existing & set(rules)} already exist"
+    try:
+        for user, user_rules in rules.items():
+            admin.execute_command("ACL", "SETUSER", user, "reset", *user_rules)
+        yield sorted(rules)
+    finally:
+        admin.execute_command("ACL", "DELUSER", *rules)
+        left = {u.decode() for u in admin.execute_command("ACL", "USERS")}
+        admin.close()
+        assert not left & set(rules), "test users were not removed"
+
+
+def _config(url: str, user: str, **options) -> SpillConfig:
+    return SpillConfig.from_params(
+        {"url": url, "username": user, "password_env": PW_ENV + user.upper(), **options})
+
+
+def _client(url: str, user: str):
+    """The package's shared client for ``user`` (password resolved from the environment)."""
+    return connect(_config(url, user))
+
+
+# -- the deployment path: rendered aclfile + the manifests' valkey.conf on a real server -------
+class _Server:
+    """valkey-server started from a manifest's valkey.conf, paths and port made local."""
+
+    def __init__(self, conf_text: str, work: Path, aclfile: Path, extra: dict[str, str]):
+        self.port = free_port()
+        while str(self.port) in extra.values():
+            self.port = free_port()
+        data = work / "data"
+        data.mkdir()
+        local = {"dir": str(data), "aclfile": str(aclfile), "port": str(self.port),
+                 "bind": "127.0.0.1", **extra}
+        lines, replaced = [], set()
+        for line in conf_text.splitlines():
+            words = line.split()
+            if words and not line.startswith("#") and words[0] in local:
+                line = f"{words[0]} {local[words[0]]}"
+                replaced.add(words[0])
+            lines.append(line)
+        # Settings the manifest leaves at their defaults (e.g. cluster-port) go at the end.
+        lines += [f"{k} {v}" for k, v in local.items() if k not in replaced]
+        conf = work / "valkey.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self.log = work / "server.log"
+        self.proc = subprocess.Popen([valkey_server_binary(), str(conf), "--logfile", str(self.log)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            assert self.proc.poll() is None, f"valkey-server refused the config: {self._tail()}"
+            try:
+                valkey.Valkey(port=self.port, socket_timeout=1).ping()
+            except valkey.exceptions.AuthenticationError:
+                break  # up, and the default user is off
+            except valkey.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, self._tail()
+                time.sleep(0.05)
+            else:
+                pytest.fail("an unauthenticated client was served: the default user is not off")
+        self.url = f"valkey://127.0.0.1:{self.port}/0"
+
+    def _tail(self) -> str:
+        return self.log.read_text()[-2000:] if self.log.exists() else ""
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_rendered_acl_and_valkey_conf_boot_a_real_server(tmp_path, rendered_acl, passwords):
+    conf = _configmap("valkey.yaml", "valkey-config")["valkey.conf"]
+    server = _Server(conf, tmp_path, rendered_acl, {})
+    try:
+        anonymous = valkey.Valkey(port=server.port)
+        with pytest.raises(valkey.exceptions.AuthenticationError):
+            anonymous.get("ray:x")
+        admin = valkey.Valkey(port=server.port, username="admin", password=passwords["admin"])
+        assert {u.decode() for u in admin.execute_command("ACL", "USERS")} == set(_template_users())
+        settings = admin.config_get("*")
+        assert settings["maxmemory-policy"] == "volatile-lru"
+        assert int(settings["maxmemory"]) == 3 * 1024**3
+        assert settings["save"] == "" and settings["appendonly"] == "yes"
+        assert int(settings["proto-max-bulk-len"]) == 512 * MiB
+        # The spill user passes the backend's checks there, without CONFIG permission.
+        found = check_server(_config(server.url, "rayspill"))
+        assert found["maxmemory_policy"] is None
+        with pytest.raises(valkey.exceptions.AuthenticationError):
+            valkey.Valkey(port=server.port, username="rayspill", password="wrong").ping()
+        admin.close()
+    finally:
+        server.stop()
+
+
+def test_cluster_conf_and_acl_serve_cluster_clients(tmp_path, rendered_acl, passwords):
+    """A one-node cluster from valkey-cluster.yaml's conf: the spill user's rules suffice
+    for a valkey+cluster:// client (CLUSTER SLOTS) and still confine it to ray:*."""
+    conf = _configmap("valkey-cluster.yaml", "valkey-cluster-config")["valkey.conf"]
+    runtime = tmp_path / "runtime.conf"
+    runtime.write_text(f"cluster-announce-hostname localhost\nmasterauth {passwords['replication']}\n")
+    # The cluster bus defaults to port + 10000, which a random free port may not allow.
+    server = _Server(conf, tmp_path, rendered_acl,
+                     {"include": str(runtime), "cluster-port": str(free_port())})
+    try:
+        admin = valkey.Valkey(port=server.port, username="admin", password=passwords["admin"])
+        assert admin.config_get("cluster-enabled")["cluster-enabled"] == "yes"
+        admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + 10
+        while b"cluster_state:ok" not in admin.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "cluster did not reach cluster_state:ok"
+            time.sleep(0.1)
+        url = f"valkey+cluster://127.0.0.1:{server.port}"
+        check_server(_config(url, "rayspill"))
+        client = _client(url, "rayspill")
+        key = f"ray:acl-cluster-{uuid.uuid4().hex}"
+        assert client.set(key, b"v") and client.get(key) == b"v" and client.unlink(key) == 1
+        with pytest.raises(valkey.exceptions.NoPermissionError):
+            client.get("emb:x")
+        admin.close()
+    finally:
+        server.stop()
+
+
+# -- the spill user on the shared test server --------------------------------------------------
+def test_spill_user_can_use_its_keys(valkey_server, acl_users):
+    client = _client(valkey_server.url, "rayspill")
+    assert client.ping()
+    key = f"ray:acl-{uuid.uuid4().hex}:0"
+    assert client.set(key, b"x" * 1000)
+    assert client.exists(key) == 1 and client.get(key) == b"x" * 1000
+    assert key.encode() in scan_keys(client, key.rsplit(":", 1)[0] + ":*")
+    assert client.unlink(key) == 1 and client.exists(key) == 0
+
+
+def test_spill_user_passes_server_checks_without_config_permission(valkey_server, acl_users):
+    config = _config(valkey_server.url, "rayspill")
+    found = check_server(config)
+    # CONFIG GET is @dangerous: refused, and the backend tolerates that.
+    assert found == {"maxmemory_policy": None, "proto_max_bulk_len": None}
+    wrong = SpillConfig.from_params({"url": valkey_server.url, "username": "rayspill",
+                                     "password_env": "RVS_ACL_TEST_WRONG_PASSWORD"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RVS_ACL_TEST_WRONG_PASSWORD", "not-the-password")
+        with pytest.raises(BackendUnavailableError, match="refused our credentials"):
+            check_server(wrong)
+
+
+class _FakeRef:
+    def __init__(self):
+        self._hex = secrets.token_hex(28)
+
+    def hex(self) -> str:
+        return self._hex
+
+
+def test_spill_user_spills_and_restores_through_the_backend(valkey_server, acl_users):
+    from ray_valkey_spill.storage import ValkeyStorage
+
+    class PlasmaFreeStorage(ValkeyStorage):
+        """The real backend with Ray's plasma store replaced by dictionaries."""
+
+        objects: dict = {}
+        restored: dict = {}
+
+        def _get_objects_from_store(self, refs):
+            return [self.objects[r.hex()] for r in refs]
+
+        def _put_object_to_store(self, metadata, size, file_like, ref, owner):
+            buf = bytearray(size)
+            view = memoryview(buf)
+            done = 0
+            while done < size:
+                done += file_like.readinto(view[done:])
+            self.restored[ref.hex()] = (bytes(buf), bytes(metadata), bytes(owner))
+
+    prefix = f"ray:acl{uuid.uuid4().hex[:8]}:"
+    session, node = "session_acl", "node" + uuid.uuid4().hex[:8]
+    storage = PlasmaFreeStorage(node, session, url=valkey_server.url, prefix=prefix,
+                                username="rayspill", password_env=PW_ENV + "RAYSPILL",
+                                chunk_size_bytes=1 * MiB)
+    refs = [_FakeRef(), _FakeRef()]
+    payloads = [os.urandom(3 * MiB + 123), bytes(2 * MiB)]  # raw chunks, zstd chunks
+    for ref, data in zip(refs, payloads):
+        storage.objects[ref.hex()] = (data, b"meta", None)
+    owners = [b"owner-a", b"owner-b"]
+    urls = storage.spill_objects(refs, owners)
+    assert len(urls) == 2
+
+    client = _client(valkey_server.url, "rayspill")
+    keys = scan_keys(client, prefix + "*")
+    assert len(keys) == (4 + 1) + (2 + 1)  # chunks + manifest per object
+    assert all(k.startswith(prefix.encode()) for k in keys)
+
+    restored = storage.restore_spilled_objects(refs, urls)
+    assert restored == sum(len(p) for p in payloads)
+    for ref, data, owner in zip(refs, payloads, owners):
+        assert storage.restored[ref.hex()] == (data, b"meta", owner)
+
+    storage.delete_spilled_objects(urls[:1])
+    assert len(scan_keys(client, prefix + "*")) == 3
+    storage.destroy_external_storage()
+    assert scan_keys(client, prefix + "*") == []
+
+
+@pytest.mark.parametrize("use", [u for u in DEFAULT_PREFIXES if u != "ray"])
+def test_spill_user_cannot_touch_other_uses_keys(valkey_server, acl_users, use):
+    admin = valkey_server.client()
+    key = f"{DEFAULT_PREFIXES[use]}acl-{uuid.uuid4().hex}"
+    admin.set(key, b"cached", ex=60)
+    client = _client(valkey_server.url, "rayspill")
+    try:
+        for attempt in (lambda: client.get(key), lambda: client.set(key, b"x"),
+                        lambda: client.unlink(key), lambda: client.exists(key),
+                        lambda: client.expire(key, 1)):
+            with pytest.raises(valkey.exceptions.NoPermissionError):
+                attempt()
+        assert admin.get(key) == b"cached"
+    finally:
+        admin.unlink(key)
+        admin.close()
+
+
+def test_spill_user_cannot_run_dangerous_commands(valkey_server, acl_users):
+    client = _client(valkey_server.url, "rayspill")
+    for command in (("KEYS", "*"), ("INFO",), ("CONFIG", "GET", "maxmemory")):
+        with pytest.raises(valkey.exceptions.NoPermissionError):
+            client.execute_command(*command)
+    # Destructive commands are only dry-run, so a broken ACL cannot harm the shared server.
+    admin = valkey_server.client()
+    try:
+        for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "SET", "maxmemory-policy",
+                        "allkeys-lru"), ("SHUTDOWN",), ("DEBUG", "SLEEP", "0"),
+                        ("CLIENT", "KILL", "ID", "1"), ("MONITOR",), ("PUBLISH", "ch", "m"),
+                        ("EVAL", "return 1", "0"), ("ACL", "SETUSER", "rayspill", "~*")):
+            verdict = admin.execute_command("ACL", "DRYRUN", "rayspill", *command)
+            assert verdict != b"OK" and b"no permissions" in verdict, command
+        assert admin.execute_command("ACL", "DRYRUN", "rayspill", "GET", "ray:k") == b"OK"
+    finally:
+        admin.close()
+
+
+# -- the cache users and the metrics user ---------------------------------------------------------
+@pytest.mark.parametrize("use", sorted(CACHE_USERS))
+def test_cache_user_is_confined_to_its_prefix(valkey_server, acl_users, use):
+    user = CACHE_USERS[use]
+    spilled = f"ray:acl-{uuid.uuid4().hex}:m"
+    spill_client = _client(valkey_server.url, "rayspill")
+    spill_client.set(spilled, b"spilled object")
+    cache = _client(valkey_server.url, user)
+    own = f"{DEFAULT_PREFIXES[use]}acl-{uuid.uuid4().hex}"
+    try:
+        assert cache.set(own, b"value", ex=60) and cache.get(own) == b"value"
+        assert 0 < cache.ttl(own) <= 60
+        for attempt in (lambda: cache.get(spilled), lambda: cache.set(spilled, b"x"),
+                        lambda: cache.unlink(spilled), lambda: cache.exists(spilled)):
+            with pytest.raises(valkey.exceptions.NoPermissionError):
+                attempt()
+        for other_use, other_prefix in DEFAULT_PREFIXES.items():
+            if other_use not in (use, "ray"):
+                with pytest.raises(valkey.exceptions.NoPermissionError):
+                    cache.get(other_prefix + "x")
+        assert spill_client.get(spilled) == b"spilled object"
+    finally:
+        spill_client.unlink(spilled)
+        cache.unlink(own)
+
+
+def test_metrics_user_reads_stats_but_no_keys(valkey_server, acl_users):
+    client = _client(valkey_server.url, "metrics")
+    assert "used_memory" in client.info("memory")
+    assert "maxmemory-policy" in client.config_get("maxmemory-policy")
+    for attempt in (lambda: client.get("ray:x"), lambda: client.set("emb:x", b"1"),
+                    lambda: client.config_set("maxmemory-policy", "allkeys-lru")):
+        with pytest.raises(valkey.exceptions.NoPermissionError):
+            attempt()
+
+
+def test_replication_user_can_only_replicate(valkey_server, acl_users):
+    admin = valkey_server.client()
+    try:
+        assert admin.execute_command("ACL", "DRYRUN", "replication", "PSYNC", "?", "-1") == b"OK"
+        assert admin.execute_command("ACL", "DRYRUN", "replication", "GET", "ray:x") != b"OK"
+        assert admin.execute_command("ACL", "DRYRUN", "replication", "INFO") != b"OK"
+    finally:
+        admin.close()
+
+
+def test_passwords_stay_out_of_urls_and_config(valkey_server, acl_users, passwords):
+    config = _config(valkey_server.url, "rayspill")
+    assert passwords["rayspill"] not in repr(config) and passwords["rayspill"] not in config.url
+    assert config.resolve_password() == passwords["rayspill"]
+    assert passwords["rayspill"] not in json.dumps(config.to_params())
+    assert config.to_params()["password_env"] == PW_ENV + "RAYSPILL"

@@ -1,0 +1,110 @@
+"""Objects spilled on one node restore on another, also after that node is gone; and the
+spilling config reaches Ray through `ray start` and the RAY_object_spilling_config variable."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import MiB
+from ray_valkey_spill import spilling_config
+from test_spill_ray import object_keys, wait_for
+
+
+@pytest.fixture
+def two_node_cluster(valkey_url, spill_prefix):
+    from ray.cluster_utils import Cluster
+
+    config = spilling_config(valkey_url, prefix=spill_prefix, chunk_size_bytes=MiB)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 100 * MiB,
+        "_system_config": {"object_spilling_config": config, "min_spilling_size": 0}})
+    worker = cluster.add_node(num_cpus=1, object_store_memory=100 * MiB,
+                              resources={"worker_node": 1})
+    import ray
+
+    ray.init(address=cluster.address)
+    yield ray, cluster, worker
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_spilled_on_worker_restored_on_head_after_worker_removed(two_node_cluster, valkey_client,
+                                                                 spill_prefix):
+    ray, cluster, worker = two_node_cluster
+
+    @ray.remote(resources={"worker_node": 1}, max_retries=0)
+    def produce(i):
+        return np.full(10 * MiB // 8, i, dtype=np.int64)
+
+    refs = [produce.remote(i) for i in range(25)]  # 250 MiB into a 100 MiB store on the worker
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    assert wait_for(lambda: len(object_keys(valkey_client, spill_prefix)) > 10)
+    worker_id = worker.node_id.encode()
+    keys = object_keys(valkey_client, spill_prefix)
+    assert any(worker_id in k for k in keys), "the worker node spilled nothing"
+    # Objects still in the worker's memory die with it; the spilled ones must not.
+    spilled = [(i, r) for i, r in enumerate(refs) if any(r.hex().encode() in k for k in keys)]
+    assert len(spilled) >= 10
+
+    i0, r0 = spilled[0]
+    assert int(ray.get(r0)[0]) == i0  # restored on the head, straight from Valkey
+    # A crash, not Cluster.remove_node(): that test helper also calls destroy_external_storage
+    # for the node, which no real node death or scale-down does.
+    worker.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+    cluster.worker_nodes.remove(worker)
+    for i, ref in spilled[1:]:
+        value = ray.get(ref, timeout=120)
+        assert value.shape == (10 * MiB // 8,) and int(value[0]) == i and int(value[-1]) == i
+
+
+DRIVER = textwrap.dedent("""
+    import numpy as np, ray
+    ray.init(address="auto")
+    refs = [ray.put(np.full(10 * 1024 * 1024 // 8, i, dtype=np.int64)) for i in range(25)]
+    assert [int(ray.get(r)[-1]) for r in refs] == list(range(25))
+    print("OK")
+""")
+
+
+@pytest.mark.parametrize("how", ["system-config", "env"])
+def test_ray_start_cli_spills_to_valkey(how, valkey_url, valkey_client, spill_prefix):
+    import tempfile
+
+    # Ray's socket paths must stay under ~107 bytes: pytest's tmp_path is too deep.
+    tmp_path = tempfile.mkdtemp(prefix="rvs", dir="/tmp")
+    config = spilling_config(valkey_url, prefix=spill_prefix, chunk_size_bytes=MiB)
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path), "RAY_AUTH_MODE": "disabled"}
+    cmd = ["ray", "start", "--head", "--port=0", "--num-cpus=1", "--include-dashboard=false",
+           f"--object-store-memory={100 * MiB}", f"--temp-dir={tmp_path}"]
+    system_config = {"min_spilling_size": 0}
+    if how == "system-config":
+        system_config["object_spilling_config"] = config
+    else:
+        env["RAY_object_spilling_config"] = config
+    cmd.append(f"--system-config={json.dumps(system_config)}")
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    cmd[0] = ray_bin
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        address = [line for line in started.stdout.splitlines() if "ray start --address=" in line]
+        addr = address[0].split("--address=")[1].strip().strip("'\"") if address else "auto"
+        run = subprocess.run([sys.executable, "-c", DRIVER.replace('"auto"', repr(addr))],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.stdout.strip().endswith("OK"), run.stderr[-3000:]
+        assert wait_for(lambda: True)
+        assert any(k for k in object_keys(valkey_client, spill_prefix)) or \
+            _spilled_somewhere(valkey_client, spill_prefix)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _spilled_somewhere(client, prefix):
+    # Objects may already be freed when the driver exits; the node heartbeat proves an IO
+    # worker of this cluster ran our backend against this prefix.
+    return any(k.endswith(b":hb") for k in client.scan_iter(match=prefix + "*"))

@@ -1,0 +1,200 @@
+"""Caches and spilling on one memory-limited server: shedding, eviction, stats.
+
+Every test here starts its own small-maxmemory server (and stops it), because memory pressure
+and eviction are instance-wide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import valkey
+
+from ray_valkey_spill import ConfigError
+from ray_valkey_spill.caches import EmbeddingCache, KVCache, SessionStore
+from ray_valkey_spill.embedded import EmbeddedValkey
+from ray_valkey_spill.shedding import shed_cache_entries
+from ray_valkey_spill import stats
+
+MiB = 1024 * 1024
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.mark.parametrize("prefixes", [("ray:",), ("ray:x:",), ("r",), ("emb:", ""), "emb:",
+                                      ("emb:*",)])
+def test_shed_refuses_prefixes_touching_spilled_objects(prefixes):
+    with pytest.raises(ConfigError):
+        shed_cache_entries(object(), 1, prefixes)
+
+
+def test_shed_refuses_bad_sizes():
+    with pytest.raises(ConfigError):
+        shed_cache_entries(object(), -1)
+
+
+def _fill_caches_until_full(url: str, tag: str) -> tuple[EmbeddingCache, KVCache]:
+    emb = EmbeddingCache(url, f"emb-{tag}", ttl_seconds=600)
+    kv = KVCache(url, f"llm-{tag}", ttl_seconds=600)
+    block = np.ones((64, 2048), np.float16)  # 256 KiB
+    for round_ in range(400):
+        emb.put_many([f"{round_}:{i}" for i in range(200)], np.ones((200, 768), np.float32))
+        tokens = np.arange(16 * 8) + round_ * 1000
+        kv.put(tokens, [block] * 8)
+        if emb.stats()["dropped_puts"] and kv.stats()["dropped_puts"]:
+            return emb, kv
+    raise AssertionError("the server never filled up")
+
+
+def test_shedding_makes_room_for_a_spill_under_noeviction():
+    with EmbeddedValkey(config={"maxmemory": "64mb", "maxmemory-policy": "noeviction"}) as server:
+        client = server.client()
+        spill = {f"ray:t{_uid()}:obj{i}": np.random.default_rng(i).bytes(MiB) for i in range(8)}
+        for key, value in spill.items():
+            client.set(key, value)
+        client.set("emb:legacy-no-ttl", b"x" * 1000)  # a cache-prefix key WITHOUT a TTL
+        client.set("other:thing", b"y" * 1000, ex=600)  # TTL but not a cache prefix
+        _fill_caches_until_full(server.url, "a")
+        big = np.random.default_rng(99).bytes(4 * MiB)
+        with pytest.raises(valkey.exceptions.OutOfMemoryError):
+            client.set("ray:new-spill", big)
+        freed = shed_cache_entries(client, len(big))
+        assert freed >= 2 * len(big)  # the write is held twice while the server checks memory
+        client.set("ray:new-spill", big)  # the retry succeeds
+        assert client.get("ray:new-spill") == big
+        for key, value in spill.items():
+            assert client.get(key) == value and client.ttl(key) == -1
+        assert client.get("emb:legacy-no-ttl") is not None
+        assert client.get("other:thing") is not None
+        # Asking for more than the caches hold removes every cache entry and nothing else.
+        shed_cache_entries(client, 10**12)
+        left = {k.decode() for k in client.scan_iter(count=1000)}
+        assert left == set(spill) | {"ray:new-spill", "emb:legacy-no-ttl", "other:thing"}
+
+
+def test_shedding_drops_the_longest_idle_entries_first():
+    with EmbeddedValkey(config={"maxmemory": "64mb"}) as server:
+        client = server.client()
+        old = EmbeddingCache(client, "old", ttl_seconds=600)
+        new = EmbeddingCache(client, "new", ttl_seconds=30)  # expires SOONER, yet used recently
+        vectors = np.ones((50, 1024), np.float32)
+        old.put_many([str(i) for i in range(50)], vectors)
+        time.sleep(2.1)  # OBJECT IDLETIME has a one-second resolution
+        new.put_many([str(i) for i in range(50)], vectors)
+        per_key = client.memory_usage(new.key("0"))
+        # A write of 10 keys' size makes room for twice that (see shed_cache_entries).
+        idle = [client.object("idletime", old.key(str(i))) for i in range(50)]
+        freed = shed_cache_entries(client, 10 * per_key, include_overage=False, slack_bytes=0)
+        old_gone = sum(v is None for v in old.get_many([str(i) for i in range(50)]))
+        new_gone = sum(v is None for v in new.get_many([str(i) for i in range(50)]))
+        assert (freed >= 20 * per_key and 20 <= old_gone <= 21 and new_gone == 0), \
+            (freed, per_key, old_gone, new_gone, idle)
+
+
+def test_shedding_samples_every_cache_prefix_each_round():
+    with EmbeddedValkey(config={"maxmemory": "64mb"}) as server:
+        client = server.client()
+        kv = KVCache(client, "llm", ttl_seconds=3600)
+        tokens = list(range(16 * 8))
+        kv.put(tokens, [np.ones(16 * 1024, np.float32)] * 8)  # 8 old blocks of 64 KiB
+        time.sleep(2.1)
+        emb = EmbeddingCache(client, "fresh", ttl_seconds=30)
+        emb.put_many([str(i) for i in range(5000)], np.ones((5000, 8), np.float32))
+        kv_bytes = sum(client.memory_usage(k) for k in kv.block_keys(tokens))
+        # More emb keys than one round samples: the old KV blocks must still be found first.
+        freed = shed_cache_entries(client, kv_bytes // 2, include_overage=False, slack_bytes=0,
+                                   max_sample_keys=1000)
+        assert freed >= kv_bytes and kv.lookup(tokens) == 0
+        assert client.dbsize() >= 5000
+
+
+def test_stats_reports_prefixes_ttls_and_hit_rates(capsys):
+    with EmbeddedValkey(config={"maxmemory": "64mb"}) as server:
+        client = server.client()
+        emb = EmbeddingCache(server.url, "m", ttl_seconds=600, stats_flush_seconds=0)
+        emb.put_many(["a", "b"], np.ones((2, 8), np.float32))
+        emb.get_many(["a", "c"])
+        emb.flush_stats()
+        KVCache(server.url, "m").put(list(range(16)), [np.ones(8)])
+        SessionStore(server.url, ttl_seconds=60).append("s", "hi")
+        client.set("ray:obj", b"z" * 10000)
+        client.set("emb:forgot-ttl", b"1")
+        client.set("misc", b"1")
+        assert stats.main(["--url", server.url, "--json"]) == 0
+        import json
+
+        report = json.loads(capsys.readouterr().out)
+        p = report["prefixes"]
+        assert p["ray:"]["keys"] == 1 and p["ray:"]["bytes"] >= 10000
+        assert p["emb:"]["keys"] == 4 and p["emb:"]["keys_without_ttl"] == 1  # 2 + stats + forgot
+        assert p["vllm:kv:"]["keys"] == 1 and p["session:"]["keys"] == 1  # turns only
+        assert p["other"]["keys"] == 1
+        assert report["server"]["maxmemory_policy"] == "volatile-lru"
+        assert report["hit_rates"]["emb:_stats"]["hit_rate"] == 0.5
+        assert any("no TTL" in w for w in report["warnings"])
+        assert stats.main(["--url", server.url, "--sample", "3"]) == 0
+        table = capsys.readouterr().out
+        assert "vllm:kv:" in table and "estimated from 3" in table
+
+
+def _cache_writer(url: str, stop: threading.Event, written: list[int]) -> None:
+    emb = EmbeddingCache(url, "bge-small", ttl_seconds=3600)
+    kv = KVCache(url, "llama-3.2-1b", ttl_seconds=3600)
+    block = np.ones((16, 2, 16, 8, 64), np.float16)  # 512 KiB: a 16-token block of a 1B model
+    vectors = np.ones((500, 384), np.float32)
+    i = 0
+    while not stop.is_set():
+        emb.put_many([f"{i}:{j}" for j in range(500)], vectors)
+        kv.put(np.arange(16 * 16) + i * 10_000, [block] * 16)
+        written[0] += vectors.nbytes + 16 * block.nbytes
+        i += 1
+
+
+@pytest.mark.slow
+def test_ray_spills_through_a_full_cache_server_and_only_cache_keys_are_evicted(monkeypatch):
+    from conftest import start_ray
+
+    # Start our own Ray even if another local Ray is running (ray.init() would attach to it).
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+
+    with EmbeddedValkey(config={"maxmemory": "400mb", "maxmemory-policy": "volatile-lru"}) \
+            as server:
+        client = server.client()
+        prefix = f"ray:t{_uid()}:"
+        stop, written = threading.Event(), [0]
+        writer = threading.Thread(target=_cache_writer, args=(server.url, stop, written))
+        ray = start_ray(server.url, prefix=prefix, chunk_size_bytes=1 * MiB)
+        try:
+            writer.start()
+            refs, digests = [], []
+            for i in range(30):  # 300 MiB through a 100 MiB object store
+                array = np.random.default_rng(i).integers(0, 255, 10 * MiB, dtype=np.uint8)
+                digests.append(hashlib.sha256(array.tobytes()).hexdigest())
+                refs.append(ray.put(array))
+                del array
+            deadline = time.monotonic() + 30
+            while (written[0] < 600 * MiB
+                   or int(client.info("stats")["evicted_keys"]) == 0) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            stop.set()
+            writer.join(timeout=60)
+            spill_keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            assert spill_keys, "nothing was spilled"
+            assert all(client.pttl(k) == -1 for k in spill_keys)
+            evicted = int(client.info("stats")["evicted_keys"])
+            print(f"spill keys {len(spill_keys)}, cache bytes written {written[0] // MiB} MiB, "
+                  f"evicted_keys {evicted}")
+            assert evicted > 0
+            for ref, digest in zip(refs, digests):
+                assert hashlib.sha256(ray.get(ref).tobytes()).hexdigest() == digest
+        finally:
+            stop.set()
+            ray.shutdown()
