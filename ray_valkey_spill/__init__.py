@@ -23,6 +23,13 @@ _EXPORTS = {
     "ObjectMissingError": "errors",
     "CorruptObjectError": "errors",
     "InvalidSpillURLError": "errors",
+    "CacheValueError": "errors",
+    "CorruptValueError": "errors",
+    "EmbeddingCache": "caches",
+    "KVCache": "caches",
+    "SessionStore": "caches",
+    "EvictionPolicyWarning": "caches",
+    "shed_cache_entries": "shedding",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,8 +1,9 @@
 """The package's one error tree.
 
 Every error the package raises on purpose derives from ``RayValkeySpillError`` and is raised
-``from`` its cause. Cache callers may treat ``BackendUnavailableError`` as a miss; spill and
-restore callers must not: a spilled object is the only copy of the user's data.
+``from`` its cause. Cache callers may treat ``BackendUnavailableError`` and
+``CorruptValueError`` as a miss; spill and restore callers must not: a spilled object is the
+only copy of the user's data.
 """
 
 
@@ -46,3 +47,11 @@ class CorruptObjectError(RayValkeySpillError):
 
 class InvalidSpillURLError(RayValkeySpillError, ValueError):
     """A restore or delete URL is malformed or points outside the configured prefix."""
+
+
+class CacheValueError(RayValkeySpillError, TypeError):
+    """A value cannot be stored in a cache (object/structured dtype, unsupported type)."""
+
+
+class CorruptValueError(RayValkeySpillError, ValueError):
+    """Stored bytes are not a valid encoded array. Cache readers count this as a miss."""

@@ -15,7 +15,7 @@ from .errors import BackendUnavailableError, ConfigError, UnsafeServerError
 logger = logging.getLogger("ray_valkey_spill")
 
 
-def _config_get(client, name: str) -> str | None:
+def config_get(client, name: str) -> str | None:
     """CONFIG GET, or None when the ACL user may not run it (a least-privilege spill user)."""
     import valkey
 
@@ -59,8 +59,8 @@ def check_server(config: SpillConfig) -> dict:
         raise BackendUnavailableError(f"cannot reach Valkey at {where} within "
                                       f"{config.connect_timeout_s}s: {exc}") from exc
     try:
-        policy = _config_get(client, "maxmemory-policy")
-        bulk = _config_get(client, "proto-max-bulk-len")
+        policy = config_get(client, "maxmemory-policy")
+        bulk = config_get(client, "proto-max-bulk-len")
     finally:
         client.close()
     if eviction_risk(policy) and not config.allow_allkeys_eviction:

@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Sequence
 
 from ray._private.external_storage import ExternalStorage
+from valkey.exceptions import OutOfMemoryError
 
 from . import keys as K
 from .codec import ChunkCodec, ChunkInfo, Manifest
@@ -31,6 +32,7 @@ from .connection import connect
 from .keyspace import unlink_keys, unlink_matching
 from .errors import CorruptObjectError, ObjectMissingError, SpillError
 from .server_checks import check_server
+from .shedding import shed_cache_entries
 
 logger = logging.getLogger("ray_valkey_spill")
 
@@ -42,6 +44,8 @@ BATCH_COMMANDS = 256
 # IO workers stamp <prefix><session>:<node>:hb this often; `gc` treats a session whose
 # stamps are all much older than this as gone.
 HEARTBEAT_INTERVAL_S = 30.0
+# Shedding costs a SCAN round (~40 ms), so free generously rather than once per chunk.
+SHED_MIN_BYTES = 32 * 1024 * 1024
 _RAY_HEADER_BYTES = 24  # Ray's own framing: three u64 lengths
 
 
@@ -196,21 +200,38 @@ class ValkeyStorage(ExternalStorage):
             yield item
 
     def _write_job(self, job: _ChunkJob) -> list[ChunkInfo]:
-        pipe = self.client.pipeline(transaction=False)
-        infos = []
+        infos, items = [], []
         for _, _, key, view in job.items:
             info, payload = self._codec.encode(view)
             infos.append(info)
-            pipe.set(key, payload)
-        pipe.execute()
+            items.append((key, payload))
+        self._set_many(items)
         return infos
 
-    def _set_many(self, items: list[tuple[str, bytes]]) -> None:
+    def _set_many(self, items: list) -> None:
+        """SET (key, value) pairs in pipelines; on OOM, shed cache entries and retry once."""
         for start in range(0, len(items), BATCH_COMMANDS):
-            pipe = self.client.pipeline(transaction=False)
-            for key, value in items[start:start + BATCH_COMMANDS]:
-                pipe.set(key, value)
-            pipe.execute()
+            batch = items[start:start + BATCH_COMMANDS]
+            try:
+                self._pipeline_set(batch)
+            except OutOfMemoryError:
+                nbytes = sum(len(v) for _, v in batch)
+                freed = shed_cache_entries(self.client, max(nbytes, SHED_MIN_BYTES),
+                                           protected_prefixes=(self.config.prefix,))
+                logger.warning("%s is full: shed %d bytes of cache entries (emb:, vllm:kv:, "
+                               "session:) to store %d bytes of spilled data",
+                               self.config.address.display(), freed, nbytes)
+                if not freed:
+                    raise SpillError(f"{self.config.address.display()} is out of memory and "
+                                     "holds no cache entries to shed; raise maxmemory or add "
+                                     "shards (Ray keeps the objects in memory and retries)")
+                self._pipeline_set(batch)  # SET is idempotent: the whole batch may repeat
+
+    def _pipeline_set(self, batch) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in batch:
+            pipe.set(key, value)
+        pipe.execute()
 
     # -- restore ----------------------------------------------------------------------------
     def restore_spilled_objects(self, object_refs, url_with_offset_list) -> int:

@@ -87,7 +87,7 @@ class Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and (self.tty or self._last_pct < 100):
             self._draw(time.perf_counter(), end="\n")
 
 
@@ -275,7 +275,9 @@ class ValkeyProbe:
             self.peak_used = max(self.peak_used, used)
 
     def keys(self) -> list[bytes]:
-        return list(self.client.scan_iter(match=self.prefix + "*", count=1000))
+        """Keys of spilled objects (a node's heartbeat key, ``...:hb``, is not one)."""
+        return [k for k in self.client.scan_iter(match=self.prefix + "*", count=1000)
+                if not k.endswith(b":hb")]
 
     def stored_bytes(self) -> tuple[int, int]:
         keys = self.keys()
@@ -378,10 +380,20 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
         fig["spill_dir"] = tmpdir
 
     maker = DataMaker(args.data, object_bytes, seed=args.seed)  # generation: not timed
-    ray.init(num_cpus=args.num_cpus, object_store_memory=capacity, include_dashboard=False,
-             logging_level="warning", log_to_driver=False,
-             _system_config={"object_spilling_config": spill_cfg,
-                             "min_spilling_size": args.min_spilling_mib * MiB})
+    for attempt in (1, 2):  # a busy shared machine can time out Ray's start-up once
+        try:
+            # address="local": never join a cluster someone else started with `ray start`
+            ray.init(address="local", num_cpus=args.num_cpus, object_store_memory=capacity,
+                     include_dashboard=False, logging_level="warning", log_to_driver=False,
+                     _system_config={"object_spilling_config": spill_cfg,
+                                     "min_spilling_size": args.min_spilling_mib * MiB})
+            break
+        except Exception as exc:  # noqa: BLE001
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            print(f"  Ray start-up failed ({exc}); retrying once", file=sys.stderr)
+            time.sleep(5)
     check_remote = ray.remote(num_cpus=1)(_check_in_task)
     try:
         # Warm the task workers now, so that their start-up is not timed later.
@@ -400,6 +412,7 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
             sizes.append(size)
             keepalive.append(children)
             bar.update(size)
+            del ref, children  # the lists hold them; a stray name would keep one object alive
         total_bytes = sum(sizes)
         # Wait until the raylet has spilled enough to get below its threshold.
         must_spill = max(0, total_bytes - int(0.8 * capacity) - object_bytes)

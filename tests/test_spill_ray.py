@@ -206,3 +206,34 @@ def test_allkeys_policy_is_refused_unless_accepted():
             start_ray(server.url)
         ray = start_ray(server.url, allow_allkeys_eviction=True)
         ray.shutdown()
+
+
+def test_full_server_sheds_cache_entries_never_spilled_objects():
+    """noeviction + full of cache entries: the spill backend sheds cache keys, then spills."""
+    import valkey
+
+    with EmbeddedValkey(config={"maxmemory": "96mb", "maxmemory-policy": "noeviction"}) as server:
+        client = server.client()
+        filler = np.random.default_rng(0).bytes(MiB)
+        cached = 0
+        try:
+            while True:
+                client.set(f"emb:test:{cached}", filler, ex=3600)
+                cached += 1
+        except valkey.exceptions.OutOfMemoryError:
+            pass
+        assert cached > 40
+        ray = start_ray(server.url, chunk_size_bytes=MiB)
+        try:
+            rng = np.random.default_rng(1)
+            values = [rng.random(10 * MiB // 8) for _ in range(13)]
+            refs = [ray.put(v) for v in values]
+            assert wait_for(lambda: len(object_keys(client, "ray:")) > 20, timeout_s=60)
+            for ref, value in zip(refs, values):
+                assert ray.get(ref).tobytes() == value.tobytes()
+            remaining = len(scan_keys(client, "emb:test:*"))
+            assert remaining < cached, "no cache entry was shed"
+            assert all(client.ttl(k) == -1 for k in object_keys(client, "ray:"))
+            assert _logs_contain(ray, "shed")
+        finally:
+            ray.shutdown()

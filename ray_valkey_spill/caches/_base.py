@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..config import SpillConfig
 from ..errors import BackendUnavailableError, ConfigError
 from ..prefixes import validate_prefix
-from ..server_checks import _config_get, eviction_risk
+from ..server_checks import config_get, eviction_risk
 
 logger = logging.getLogger("ray_valkey_spill")
 
@@ -88,7 +88,7 @@ def warn_if_allkeys_policy(client: Any) -> str | None:
         if id(client) in _checked:
             return _checked[id(client)]
     try:
-        policy = _config_get(client, "maxmemory-policy")
+        policy = config_get(client, "maxmemory-policy")
     except Exception as exc:  # an unreachable server must not fail construction; first use will
         logger.debug("cannot read maxmemory-policy: %s", exc)
         return None

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, RayValkeySpillError
+from ..errors import CacheValueError, ConfigError, CorruptValueError
 
 MAGIC = 0xA7
 FLAG_ZSTD = 0x01
@@ -37,14 +37,6 @@ _MAX_NDIM = 32
 _PLAIN_KINDS = frozenset("biufcmM")
 # Below this size a zstd frame's own overhead eats the gain; such payloads are never tried.
 MIN_COMPRESS_BYTES = 512
-
-
-class CacheValueError(RayValkeySpillError, TypeError):
-    """A value cannot be stored in a cache (object/structured dtype, unsupported type)."""
-
-
-class CorruptValueError(RayValkeySpillError, ValueError):
-    """Stored bytes are not a valid encoded array. Cache readers count this as a miss."""
 
 
 def as_numpy(value: Any) -> np.ndarray:

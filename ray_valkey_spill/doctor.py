@@ -1,0 +1,480 @@
+"""``ray-valkey-spill doctor``: check a server before a Ray cluster relies on it.
+
+Prints one row per check (status OK / WARN / ERROR, what was found, what to do) and exits
+non-zero when any check is an ERROR, so it can gate a deployment::
+
+    ray-valkey-spill doctor --url valkeys://valkey.example:6380/0 --username rayspill \\
+        --password-env RAY_SPILL_PASSWORD --ssl-ca-certs /etc/ssl/valkey-ca.pem [--json]
+
+It connects exactly as the spill backend would (same ``SpillConfig``, same user), and never
+changes data outside its own probe key ``<prefix>__doctor__:<random>:probe``, which it removes.
+
+Permissions are checked with ``ACL DRYRUN`` when the user may run it (an admin or the default
+user); a least-privilege user may not, so then every command is probed for real against a
+random key that does not exist (GET, UNLINK: nothing is read or deleted) and against the
+probe key under the spill prefix (SET, GET, UNLINK).
+
+Exit codes: 0 no ERROR, 1 at least one ERROR, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import secrets
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from .config import MiB, SpillConfig
+from .connection import connection_kwargs
+from .errors import RayValkeySpillError
+from .prefixes import DEFAULT_PREFIXES
+
+OK, WARN, ERROR = "OK", "WARN", "ERROR"
+DEFAULT_PINGS = 20
+MIN_VERSION = (7, 2)  # CLIENT NO-TOUCH, ACL DRYRUN, volatile-* semantics as documented
+# Commands the spill backend (and gc) sends on keys under its prefix.
+NEEDED_KEY_COMMANDS = (("SET", "x"), ("GET",), ("UNLINK",))
+GC_KEY_COMMANDS = (("OBJECT", "IDLETIME"), ("MEMORY", "USAGE"))
+# Prefixes the spill user must not reach: the other tenants of a shared server.
+OTHER_PREFIXES = tuple(p for use, p in DEFAULT_PREFIXES.items() if use != "ray")
+
+
+@dataclass
+class Check:
+    check: str
+    status: str
+    detail: str
+    action: str = ""
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return True  # unix socket
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _err_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _is_noperm(exc: BaseException) -> bool:
+    import valkey
+
+    return isinstance(exc, valkey.exceptions.NoPermissionError) or "NOPERM" in str(exc)
+
+
+class Doctor:
+    def __init__(self, config: SpillConfig, pings: int = DEFAULT_PINGS):
+        self.config = config
+        self.pings = pings
+        self.checks: list[Check] = []
+        self.client = None
+
+    def add(self, check: str, status: str, detail: str, action: str = "") -> None:
+        self.checks.append(Check(check, status, detail, action))
+
+    # -- connection ---------------------------------------------------------------------
+    def _client(self):
+        import valkey
+
+        kwargs = connection_kwargs(self.config)
+        kwargs.pop("retry", None)
+        kwargs.pop("retry_on_error", None)
+        kwargs["socket_timeout"] = max(self.config.connect_timeout_s, 1.0)
+        if self.config.address.cluster:
+            from valkey.cluster import ValkeyCluster
+
+            return ValkeyCluster(**kwargs)
+        return valkey.Valkey(**kwargs)
+
+    def run(self) -> list[Check]:
+        self.check_transport()
+        if not self.check_reachable():
+            return self.checks
+        try:
+            self.check_version()
+            self.check_latency()
+            settings = self.read_settings()
+            self.check_memory(settings)
+            self.check_persistence(settings)
+            self.check_bulk_len(settings)
+            self.check_auth(settings)
+            self.check_acl()
+        finally:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        return self.checks
+
+    def check_transport(self) -> None:
+        a, c = self.config.address, self.config
+        where = a.display()
+        if a.tls:
+            bits = ["server certificate verified"
+                    + (f" against {c.ssl_ca_certs}" if c.ssl_ca_certs else
+                       " against the system CAs")]
+            bits.append("hostname checked" if c.ssl_check_hostname else "hostname NOT checked")
+            if c.ssl_certfile:
+                bits.append("client certificate sent (mutual TLS)")
+            if not c.ssl_check_hostname:
+                self.add("tls", WARN, "; ".join(bits),
+                         "set ssl_check_hostname=true (any certificate from the CA is accepted)")
+            else:
+                self.add("tls", OK, "; ".join(bits))
+        elif _is_loopback(a.host):
+            self.add("tls", OK, f"plaintext, but {where} is local (loopback or unix socket)")
+        else:
+            self.add("tls", WARN, f"plaintext to a network host {a.host}: spilled objects and "
+                     "the password cross the network unencrypted",
+                     "serve TLS (tls-port, or stunnel in front) and use valkeys:// with "
+                     "ssl_ca_certs")
+
+    def check_reachable(self) -> bool:
+        import valkey
+
+        where = self.config.address.display()
+        try:
+            self.client = self._client()
+            started = time.perf_counter()
+            self.client.ping()
+            first_ms = (time.perf_counter() - started) * 1000
+        except RayValkeySpillError as exc:
+            self.add("reachable", ERROR, str(exc), "fix the option named above")
+            return False
+        except valkey.exceptions.AuthenticationError as exc:
+            self.add("reachable", ERROR, f"{where} refused the credentials of user "
+                     f"{self.config.user or 'default'}: {exc}",
+                     "check username and the password in password_env/password_file")
+            return False
+        except (valkey.exceptions.ValkeyError, OSError) as exc:
+            hint = "check host, port, firewall and that the server runs"
+            text = str(exc).lower()
+            if "certificate" in text or "ssl" in text or "tls" in text:
+                hint = ("check ssl_ca_certs (the CA that signed the server certificate), the "
+                        "hostname in the certificate, and the client certificate if the server "
+                        "requires one")
+            if "noauth" in text or "authentication required" in text:
+                hint = "the server requires a password: set password_env or password_file"
+            self.add("reachable", ERROR, f"cannot PING {where}: {_err_text(exc)}", hint)
+            return False
+        self.add("reachable", OK, f"PING answered by {where} in {first_ms:.1f} ms (incl. connect)")
+        return True
+
+    def check_version(self) -> None:
+        version, mode = None, None
+        try:
+            hello = self.client.execute_command("HELLO")
+            if isinstance(hello, list):
+                hello = dict(zip(hello[::2], hello[1::2]))
+            info = {(k.decode() if isinstance(k, bytes) else k):
+                    (v.decode() if isinstance(v, bytes) else v) for k, v in hello.items()}
+            version, mode = info.get("version"), info.get("mode")
+            server = info.get("server", "?")
+        except Exception:  # noqa: BLE001 - fall back to INFO (a @dangerous command)
+            try:
+                info = self.client.info("server")
+                version, mode = info.get("valkey_version") or info.get("redis_version"), \
+                    info.get("server_mode") or info.get("redis_mode")
+                server = "valkey" if info.get("valkey_version") else "redis"
+            except Exception as exc:  # noqa: BLE001
+                self.add("version", WARN, f"cannot read the server version ({_err_text(exc)})",
+                         "allow HELLO for this user, or check the version by hand "
+                         f"(>= {'.'.join(map(str, MIN_VERSION))})")
+                return
+        try:
+            parsed = tuple(int(x) for x in str(version).split(".")[:2])
+        except ValueError:
+            parsed = (0, 0)
+        detail = f"{server} {version}, {mode} mode"
+        if mode == "cluster" and not self.config.address.cluster:
+            self.add("version", ERROR, detail + ", but the URL is not a cluster URL",
+                     "use valkey+cluster:// (or valkeys+cluster://)")
+        elif parsed < MIN_VERSION:
+            self.add("version", WARN, detail, "upgrade to Valkey >= 7.2 (8.x or 9.x tested)")
+        else:
+            self.add("version", OK, detail)
+
+    def check_latency(self) -> None:
+        samples = []
+        try:
+            for _ in range(self.pings):
+                started = time.perf_counter()
+                self.client.ping()
+                samples.append((time.perf_counter() - started) * 1000)
+        except Exception as exc:  # noqa: BLE001
+            self.add("latency", ERROR, f"PING failed after {len(samples)} answers: "
+                     f"{_err_text(exc)}", "the server or network drops requests; check it")
+            return
+        p50 = statistics.median(samples)
+        detail = f"PING p50 {p50:.2f} ms, max {max(samples):.2f} ms over {len(samples)} pings"
+        if p50 > 5.0:
+            self.add("latency", WARN, detail, "spill throughput suffers above ~5 ms per round "
+                     "trip: put the server near the Ray nodes")
+        else:
+            self.add("latency", OK, detail)
+
+    def read_settings(self) -> dict:
+        import valkey
+
+        names = ("maxmemory", "maxmemory-policy", "appendonly", "appendfsync", "save",
+                 "proto-max-bulk-len")
+        settings: dict = {}
+        for name in names:
+            try:
+                reply = self.client.config_get(name)
+            except valkey.exceptions.ValkeyError as exc:
+                settings[name] = exc
+                continue
+            if isinstance(reply, dict) and self.config.address.cluster:
+                # ValkeyCluster may answer per node; keep the first node's value
+                first = next(iter(reply.values()), None) if reply and name not in reply else None
+                if isinstance(first, dict):
+                    reply = first
+            value = reply.get(name) if isinstance(reply, dict) else None
+            settings[name] = value.decode() if isinstance(value, bytes) else value
+        return settings
+
+    @staticmethod
+    def _unreadable(value) -> str | None:
+        if isinstance(value, Exception):
+            return ("no permission to run CONFIG GET" if _is_noperm(value) else _err_text(value))
+        if value is None:
+            return "not reported by the server"
+        return None
+
+    def check_memory(self, s: dict) -> None:
+        why = self._unreadable(s["maxmemory-policy"]) or self._unreadable(s["maxmemory"])
+        if why:
+            self.add("maxmemory", WARN, f"cannot read maxmemory / maxmemory-policy ({why})",
+                     "ask the server admin to confirm maxmemory > 0 and a volatile-* policy")
+            return
+        policy, maxmemory = s["maxmemory-policy"], int(s["maxmemory"])
+        limit = "no limit" if maxmemory == 0 else f"{maxmemory / MiB:.0f} MiB"
+        if policy.startswith("allkeys-"):
+            self.add("maxmemory-policy", ERROR, f"{policy}: the server may evict spilled objects "
+                     "(silent data loss; restores then fail with ObjectMissingError)",
+                     "CONFIG SET maxmemory-policy volatile-lru (only keys with a TTL, i.e. cache "
+                     "keys, are evicted); persist it in valkey.conf")
+        else:
+            self.add("maxmemory-policy", OK, f"{policy}: spilled objects (no TTL) are never "
+                     "evicted; a full server refuses new spills (Ray keeps them in memory)")
+        if maxmemory == 0:
+            self.add("maxmemory", WARN, "maxmemory 0 (no limit): the server grows until the OS "
+                     "kills it, and with it every spilled object",
+                     "set maxmemory below the machine's memory (leave room for client buffers "
+                     "and the AOF rewrite)")
+        else:
+            self.add("maxmemory", OK, limit)
+
+    def check_persistence(self, s: dict) -> None:
+        why = self._unreadable(s["appendonly"]) or self._unreadable(s["save"])
+        if why:
+            self.add("persistence", WARN, f"cannot read appendonly / save ({why})",
+                     "ask the server admin whether spilled objects survive a restart")
+            return
+        aof = s["appendonly"] == "yes"
+        rdb = bool((s["save"] or "").strip().strip('"'))
+        if aof:
+            fsync = s.get("appendfsync")
+            fsync = fsync if isinstance(fsync, str) else "?"
+            self.add("persistence", OK, f"AOF on (appendfsync {fsync}): spilled objects survive "
+                     "a restart" + (" (up to ~1 s of writes lost on a crash)"
+                                    if fsync == "everysec" else ""))
+        elif rdb:
+            self.add("persistence", WARN, f"RDB snapshots only (save {s['save']}): objects "
+                     "spilled since the last snapshot are lost on a crash, and every snapshot "
+                     "forks the server (memory doubling with GBs of spill data)",
+                     "CONFIG SET appendonly yes (appendfsync everysec), or accept the loss")
+        else:
+            self.add("persistence", WARN, "none: a server restart loses every spilled object "
+                     "(restores fail with ObjectMissingError; tasks needing them fail)",
+                     "CONFIG SET appendonly yes if spilled objects must survive a server restart")
+
+    def check_bulk_len(self, s: dict) -> None:
+        chunk = self.config.chunk_size_bytes
+        why = self._unreadable(s["proto-max-bulk-len"])
+        if why:
+            self.add("proto-max-bulk-len", WARN, f"cannot read it ({why}); chunk_size_bytes is "
+                     f"{chunk}", "make sure the server's proto-max-bulk-len exceeds "
+                     "chunk_size_bytes (default 512 MB does)")
+            return
+        bulk = int(s["proto-max-bulk-len"])
+        detail = f"{bulk} bytes vs chunk_size_bytes {chunk}"
+        if chunk >= bulk:
+            self.add("proto-max-bulk-len", ERROR, detail + ": every chunk would be refused "
+                     "(the server resets the connection)",
+                     f"lower chunk_size_bytes below {bulk}, or raise proto-max-bulk-len")
+        else:
+            self.add("proto-max-bulk-len", OK, detail)
+
+    def check_auth(self, s: dict) -> None:
+        if self.config.user is None and self.config.resolve_password() is None:
+            self.add("authentication", WARN, "connected without a user or password: anyone who "
+                     "can reach the port can read and delete spilled objects",
+                     "create an ACL user limited to the spill prefix (see the acl check) and "
+                     "pass username + password_env/password_file")
+        else:
+            self.add("authentication", OK, f"user {self.config.user or 'default'} with a "
+                     "password from " + ("$" + self.config.password_env
+                                         if self.config.password_env else "password_file"
+                                         if self.config.password_file else "nowhere"))
+
+    # -- permissions ----------------------------------------------------------------------
+    def _dryrun(self, user: str, *command: str):
+        """(allowed, reason) from ACL DRYRUN; raises when DRYRUN itself is not permitted."""
+        reply = self.client.execute_command("ACL", "DRYRUN", user, *command)
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        return text == "OK", text
+
+    def _probe(self, *command: str):
+        """(allowed, reason) by running the command for real (only harmless commands)."""
+        try:
+            self.client.execute_command(*command)
+            return True, "OK"
+        except Exception as exc:  # noqa: BLE001
+            if _is_noperm(exc):
+                return False, str(exc)
+            raise
+
+    def check_acl(self) -> None:
+        user = self.config.user or "default"
+        token = secrets.token_hex(6)
+        own = f"{self.config.prefix}__doctor__:{token}:probe"
+        needed = [("SET", own, "x"), ("GET", own), ("UNLINK", own), ("PING",),
+                  ("SCAN", "0", "MATCH", f"{self.config.prefix}__doctor__:*", "COUNT", "10")]
+        optional = [("OBJECT", "IDLETIME", own), ("MEMORY", "USAGE", own),
+                    ("CONFIG", "GET", "maxmemory-policy")]
+        foreign = []
+        for other in OTHER_PREFIXES:
+            probe_key = f"{other}__rvs_doctor_probe__{token}"  # random: never exists
+            foreign += [("GET", probe_key), ("UNLINK", probe_key), ("SET", probe_key, "x")]
+        method = "ACL DRYRUN"
+        try:
+            self._dryrun(user, "PING")
+            judge = lambda cmd: self._dryrun(user, *cmd)  # noqa: E731
+        except Exception as exc:  # noqa: BLE001
+            if not _is_noperm(exc) and "unknown" not in str(exc).lower():
+                self.add("acl", WARN, f"ACL DRYRUN failed: {_err_text(exc)}",
+                         "check the user's permissions by hand")
+                return
+            method = "live probes"
+            judge = None
+        try:
+            if judge is None:
+                # Create the probe key first so OBJECT/MEMORY have something to look at.
+                results = {}
+                for cmd in needed[:1]:
+                    results[cmd] = self._probe(*cmd)
+                for cmd in optional[:2] + needed[1:] + optional[2:]:
+                    results[cmd] = self._probe(*cmd)
+                # Writes to other prefixes are probed with UNLINK of a random, absent key only:
+                # a SET there could create data in another tenant's range.
+                for cmd in foreign:
+                    if cmd[0] != "SET":
+                        results[cmd] = self._probe(*cmd)
+                check = lambda cmd: results.get(cmd)  # noqa: E731
+            else:
+                check = judge
+            missing = [" ".join(c[:1]) for c in needed if not check(c)[0]]
+            missing_opt = [" ".join(c[:2]) for c in optional if not check(c)[0]]
+            reachable = sorted({f"{c[0]} {c[1].split('__rvs')[0]}*" for c in foreign
+                                if check(c) is not None and check(c)[0]})
+        except Exception as exc:  # noqa: BLE001
+            self.add("acl", WARN, f"permission probe failed: {_err_text(exc)}",
+                     "check the user's permissions by hand")
+            return
+        finally:
+            if judge is None:
+                try:
+                    self.client.unlink(own)
+                except Exception:  # noqa: BLE001
+                    pass
+        pattern = f"{self.config.prefix}*"
+        setuser = (f"ACL SETUSER {user if user != 'default' else 'rayspill'} reset on >PASSWORD "
+                   f"~{pattern} +@read +@write +@keyspace +@connection -@dangerous "
+                   "+config|get +memory|usage +object|idletime")
+        if missing:
+            self.add("acl", ERROR, f"user {user} ({method}) may not run {', '.join(missing)} on "
+                     f"{pattern} keys: spilling will fail", setuser)
+        elif reachable:
+            self.add("acl", WARN, f"user {user} ({method}) has what spilling needs, but can "
+                     f"also {', '.join(reachable)} (other tenants' keys)",
+                     "use a dedicated user limited to the spill prefix: " + setuser)
+        else:
+            self.add("acl", OK, f"user {user} ({method}) can SET/GET/UNLINK/SCAN {pattern} and "
+                     f"cannot touch {', '.join(p + '*' for p in OTHER_PREFIXES)}")
+        if missing_opt:
+            self.add("acl-optional", WARN, f"user {user} may not run {', '.join(missing_opt)}: "
+                     "the eviction-policy check at start-up and `gc` idle times/sizes are "
+                     "skipped", "grant +config|get +object|idletime +memory|usage")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ray-valkey-spill doctor",
+                                description="Check a Valkey server before Ray spills to it.")
+    p.add_argument("--url", required=True, help="server URL (no password in it)")
+    p.add_argument("--prefix", default="ray:", help="spill key prefix (default: ray:)")
+    p.add_argument("--username", help="ACL user the spill backend uses")
+    p.add_argument("--password-env", help="NAME of the environment variable holding the password")
+    p.add_argument("--password-file", help="file holding the password")
+    p.add_argument("--chunk-size-bytes", type=int, help="the backend's chunk_size_bytes")
+    p.add_argument("--ssl-ca-certs", help="CA bundle for valkeys:// URLs")
+    p.add_argument("--ssl-certfile", help="client certificate (mutual TLS)")
+    p.add_argument("--ssl-keyfile", help="client key (mutual TLS)")
+    p.add_argument("--no-ssl-check-hostname", action="store_true",
+                   help="do not verify the server's hostname (not recommended)")
+    p.add_argument("--connect-timeout-s", type=float, default=5.0)
+    p.add_argument("--pings", type=int, default=DEFAULT_PINGS, help="PINGs for the latency check")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def config_from_args(args) -> SpillConfig:
+    params = {"url": args.url, "prefix": args.prefix, "connect_timeout_s": args.connect_timeout_s}
+    for name in ("username", "password_env", "password_file", "ssl_ca_certs", "ssl_certfile",
+                 "ssl_keyfile", "chunk_size_bytes"):
+        if getattr(args, name, None) is not None:
+            params[name] = getattr(args, name)
+    if args.no_ssl_check_hostname:
+        params["ssl_check_hostname"] = False
+    return SpillConfig.from_params(params)
+
+
+def render(checks: list[Check]) -> str:
+    from .gc import render_table
+
+    return render_table([[c.check, c.status, c.detail, c.action] for c in checks],
+                        ["check", "status", "detail", "what to do"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        if args.pings < 1:
+            raise RayValkeySpillError("--pings must be at least 1")
+        checks = Doctor(config, pings=args.pings).run()
+    except RayValkeySpillError as exc:
+        print(f"ray-valkey-spill doctor: {exc}", file=sys.stderr)
+        return 2
+    errors = sum(c.status == ERROR for c in checks)
+    warnings = sum(c.status == WARN for c in checks)
+    if args.json:
+        print(json.dumps({"server": config.address.display(), "ok": errors == 0,
+                          "errors": errors, "warnings": warnings,
+                          "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        print(f"ray-valkey-spill doctor: {config.address.display()}")
+        print(render(checks))
+        print(f"{errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0
