@@ -154,7 +154,8 @@ class ChunkCodec:
             raise CorruptObjectError(
                 f"{key}: stored chunk is {len(stored)} bytes, manifest says {info.stored_len}")
         if info.codec == CODEC_RAW:
-            target[:] = stored
+            if stored is not target:
+                target[:] = stored
         else:
             try:
                 reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False)
@@ -170,5 +171,10 @@ class ChunkCodec:
             if written != len(target) or extra:
                 raise CorruptObjectError(
                     f"{key}: chunk decompresses to the wrong size (wanted {len(target)})")
-        if checksum(target) != info.checksum:
+        ChunkCodec.verify(info, target, key)
+
+    @staticmethod
+    def verify(info: ChunkInfo, original, key: str) -> None:
+        """Check restored original bytes against the checksum taken when they were spilled."""
+        if checksum(original) != info.checksum:
             raise CorruptObjectError(f"{key}: chunk checksum mismatch")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -23,10 +24,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Sequence
 
 from ray._private.external_storage import ExternalStorage
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import OutOfMemoryError
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from . import keys as K
-from .codec import ChunkCodec, ChunkInfo, Manifest
+from .codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
+from .direct_read import ReplyError, get_into
 from .config import SpillConfig
 from .connection import connect
 from .keyspace import unlink_keys, unlink_matching
@@ -273,15 +277,60 @@ class ValkeyStorage(ExternalStorage):
             future.result()
 
     def _read_job_for(self, manifest: Manifest):
-        def read(job: _ChunkJob) -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for _, _, key, _ in job.items:
-                pipe.get(key)
-            for (_, chunk, key, view), stored in zip(job.items, pipe.execute()):
-                if stored is None:
-                    raise ObjectMissingError(f"{key}: chunk {chunk} of a spilled object is missing")
-                ChunkCodec.decode_into(manifest.chunks[chunk], stored, view, key)
-        return read
+        if self.config.address.cluster:
+            return lambda job: self._read_job_pipelined(manifest, job)
+        return lambda job: self._with_retries(self._read_job_direct, manifest, job)
+
+    def _read_job_pipelined(self, manifest: Manifest, job: _ChunkJob) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for _, _, key, _ in job.items:
+            pipe.get(key)
+        for (_, chunk, key, view), stored in zip(job.items, pipe.execute()):
+            if stored is None:
+                raise ObjectMissingError(f"{key}: chunk {chunk} of a spilled object is missing")
+            ChunkCodec.decode_into(manifest.chunks[chunk], stored, view, key)
+
+    def _read_job_direct(self, manifest: Manifest, job: _ChunkJob) -> None:
+        """Raw chunks land in plasma straight from the socket; zstd ones via one scratch copy."""
+        scratch: dict[int, memoryview] = {}
+
+        def destination(i: int, n: int) -> memoryview:
+            _, chunk, key, view = job.items[i]
+            info = manifest.chunks[chunk]
+            if n != info.stored_len:
+                raise CorruptObjectError(f"{key}: stored chunk is {n} bytes, manifest says "
+                                         f"{info.stored_len}")
+            if info.codec == CODEC_RAW:
+                return view
+            scratch[i] = memoryview(bytearray(n))
+            return scratch[i]
+
+        lengths = get_into(self.client, [key for _, _, key, _ in job.items], destination)
+        for i, ((_, chunk, key, view), n) in enumerate(zip(job.items, lengths)):
+            if n is None:
+                raise ObjectMissingError(f"{key}: chunk {chunk} of a spilled object is missing")
+            info = manifest.chunks[chunk]
+            if info.codec == CODEC_RAW:
+                ChunkCodec.verify(info, view, key)
+            else:
+                ChunkCodec.decode_into(info, scratch[i], view, key)
+
+    def _with_retries(self, fn, *args):
+        """Retry transient faults (reset, timeout, LOADING) with jittered exponential backoff."""
+        attempt = 0
+        while True:
+            try:
+                return fn(*args)
+            except (OSError, ValkeyConnectionError, ValkeyTimeoutError, ReplyError) as exc:
+                transient = not isinstance(exc, ReplyError) or str(exc).startswith("LOADING")
+                if not transient or attempt >= self.config.retries:
+                    raise
+                attempt += 1
+                delay = min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random() / 2)
+                logger.warning("read from %s failed (%s); retry %d of %d in %.2fs",
+                               self.config.address.display(), exc, attempt,
+                               self.config.retries, delay)
+                time.sleep(delay)
 
     # -- delete -----------------------------------------------------------------------------
     def delete_spilled_objects(self, urls) -> None:
