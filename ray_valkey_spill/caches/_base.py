@@ -176,3 +176,58 @@ class Counters:
             pipe.hincrby(self.stats_key, name, n)
         pipe.expire(self.stats_key, STATS_TTL_SECONDS)
         return True
+
+
+class KeyedArrayCache:
+    """What the embedding and KV caches share: TTL'd pipelined writes, counters, clearing.
+
+    Subclasses set ``client``, ``ttl_seconds``, ``counters`` and ``_key_head`` (the prefix
+    plus model namespace that every key of the instance starts with).
+    """
+
+    client: Any
+    ttl_seconds: int
+    counters: Counters
+    _key_head: str
+
+    def _write(self, keys: list[str], payloads: list[bytes]) -> int:
+        """SET every key with the TTL in one pipeline; an OOM reply drops that entry (it is
+        only a cache) and is counted; any other error is raised. Returns how many stored."""
+        import valkey
+
+        if not keys:
+            return 0
+        with backend_errors(f"writing {len(keys)} keys under {self._key_head}"):
+            pipe = self.client.pipeline(transaction=False)
+            for key, payload in zip(keys, payloads):
+                pipe.set(key, payload, ex=self.ttl_seconds)
+            self.counters.publish_into(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        stored = dropped = 0
+        for reply in replies[:len(keys)]:
+            if isinstance(reply, valkey.exceptions.OutOfMemoryError):
+                dropped += 1
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                stored += 1
+        self.counters.add(puts=stored, dropped_puts=dropped)
+        return stored
+
+    def stats(self) -> dict[str, Any]:
+        """This process's counters: hits, misses, corrupt, puts, dropped_puts, hit_rate."""
+        return self.counters.snapshot()
+
+    def flush_stats(self) -> None:
+        """Publish unpublished counters now (e.g. at shutdown). Raises BackendUnavailableError."""
+        with backend_errors("flush_stats"):
+            pipe = self.client.pipeline(transaction=False)
+            if self.counters.publish_into(pipe, force=True):
+                pipe.execute()
+
+    def clear(self) -> int:
+        """Delete this instance's entries (SCAN + UNLINK, never KEYS). Returns how many."""
+        from ..keyspace import unlink_matching
+
+        with backend_errors("clear"):
+            return unlink_matching(self.client, self._key_head + "*")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._base import (DEFAULT_STATS_FLUSH_SECONDS, STATS_SUFFIX, Counters, backend_errors,
+from ._base import (DEFAULT_STATS_FLUSH_SECONDS, STATS_SUFFIX, Counters, KeyedArrayCache, backend_errors,
                     check_cache_prefix, check_ttl, is_cluster, key_part, resolve_client,
                     warn_if_allkeys_policy)
 from ._values import ArrayCodec, CorruptValueError, as_numpy
@@ -43,7 +43,7 @@ def text_digest(text: Text) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class EmbeddingCache:
+class EmbeddingCache(KeyedArrayCache):
     """Embedding vectors of one model, in the shared Valkey.
 
     Args:
@@ -168,27 +168,6 @@ class EmbeddingCache:
         payloads = [encode(v) for v in vectors]
         return self._write(self.keys(texts), payloads)
 
-    def _write(self, keys: list[str], payloads: list[bytes]) -> int:
-        import valkey
-
-        ttl = self.ttl_seconds
-        with backend_errors(f"put_many({len(keys)} keys under {self._key_head})"):
-            pipe = self.client.pipeline(transaction=False)
-            for key, payload in zip(keys, payloads):
-                pipe.set(key, payload, ex=ttl)
-            self.counters.publish_into(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        stored = dropped = 0
-        for reply in replies[:len(keys)]:
-            if isinstance(reply, valkey.exceptions.OutOfMemoryError):
-                dropped += 1
-            elif isinstance(reply, Exception):
-                raise reply
-            else:
-                stored += 1
-        self.counters.add(puts=stored, dropped_puts=dropped)
-        return stored
-
     def get_or_compute(self, texts: Sequence[Text],
                        embed_fn: Callable[[list[Text]], Any]) -> list[np.ndarray]:
         """Vectors for every text: cached ones, plus ``embed_fn(misses)`` called ONCE with only the
@@ -225,22 +204,3 @@ class EmbeddingCache:
         except BackendUnavailableError as exc:
             logger.warning("embedding cache unavailable, %d vectors not stored: %s", len(todo), exc)
         return found  # type: ignore[return-value]
-
-    # -- housekeeping -----------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        """This process's counters: hits, misses, corrupt, puts, dropped_puts, hit_rate."""
-        return self.counters.snapshot()
-
-    def flush_stats(self) -> None:
-        """Publish unpublished counters now (e.g. at shutdown). Raises BackendUnavailableError."""
-        with backend_errors("flush_stats"):
-            pipe = self.client.pipeline(transaction=False)
-            if self.counters.publish_into(pipe, force=True):
-                pipe.execute()
-
-    def clear(self) -> int:
-        """Delete this model's entries (SCAN + UNLINK, never KEYS). Returns how many."""
-        from ..keyspace import unlink_matching
-
-        with backend_errors("clear"):
-            return unlink_matching(self.client, self._key_head + "*")

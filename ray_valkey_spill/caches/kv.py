@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._base import (DEFAULT_STATS_FLUSH_SECONDS, STATS_SUFFIX, Counters, backend_errors,
+from ._base import (DEFAULT_STATS_FLUSH_SECONDS, STATS_SUFFIX, Counters, KeyedArrayCache, backend_errors,
                     check_cache_prefix, check_ttl, is_cluster, key_part, resolve_client,
                     warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError, as_numpy
@@ -75,7 +75,7 @@ def block_hashes(tokens: Any, block_size_tokens: int, extra: bytes) -> list[byte
     return out
 
 
-class KVCache:
+class KVCache(KeyedArrayCache):
     """KV blocks of one model (and LoRA / salt / TP rank) in the shared Valkey under ``vllm:kv:``.
 
     Args:
@@ -147,28 +147,6 @@ class KVCache:
         payloads = [self.codec.encode(b) for b in blocks]
         return self._write(keys, payloads)
 
-    def _write(self, keys: list[str], payloads: list[bytes]) -> int:
-        import valkey
-
-        if not keys:
-            return 0
-        with backend_errors(f"put({len(keys)} blocks under {self._key_head})"):
-            pipe = self.client.pipeline(transaction=False)
-            for key, payload in zip(keys, payloads):
-                pipe.set(key, payload, ex=self.ttl_seconds)
-            self.counters.publish_into(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        stored = dropped = 0
-        for reply in replies[:len(keys)]:
-            if isinstance(reply, valkey.exceptions.OutOfMemoryError):
-                dropped += 1
-            elif isinstance(reply, Exception):
-                raise reply
-            else:
-                stored += 1
-        self.counters.add(puts=stored, dropped_puts=dropped)
-        return stored
-
     def lookup(self, tokens: Any) -> int:
         """How many leading tokens are cached: (number of leading cached blocks) x block size,
         found in ONE round trip (a pipeline of EXISTS), stopping at the first missing block.
@@ -226,21 +204,3 @@ class KVCache:
                 logger.warning("KV cache: undecodable block at %s counted as a miss: %s", key, exc)
                 break
         return out
-
-    def stats(self) -> dict[str, Any]:
-        """This process's counters (lookups count blocks: hits up to the first miss)."""
-        return self.counters.snapshot()
-
-    def flush_stats(self) -> None:
-        """Publish unpublished counters now. Raises BackendUnavailableError."""
-        with backend_errors("flush_stats"):
-            pipe = self.client.pipeline(transaction=False)
-            if self.counters.publish_into(pipe, force=True):
-                pipe.execute()
-
-    def clear(self) -> int:
-        """Delete every block of this model (all LoRAs/salts): SCAN + UNLINK. Returns how many."""
-        from ..keyspace import unlink_matching
-
-        with backend_errors("clear"):
-            return unlink_matching(self.client, self._key_head + "*")
