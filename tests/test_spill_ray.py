@@ -237,3 +237,26 @@ def test_full_server_sheds_cache_entries_never_spilled_objects():
             assert _logs_contain(ray, "shed")
         finally:
             ray.shutdown()
+
+
+def test_destroy_removes_exactly_this_nodes_keys_of_this_session(valkey_url, valkey_client,
+                                                               spill_prefix):
+    from ray_valkey_spill import keys as K
+    from ray_valkey_spill.storage import ValkeyStorage
+
+    me, other_node, other_session = ("ab" * 28, "s_me"), ("cd" * 28, "s_me"), ("ab" * 28, "s_x")
+    written = {}
+    for node, session in (me, other_node, other_session):
+        base = K.new_base_key(spill_prefix, session, node, "00ff")
+        written[(node, session)] = K.object_keys(base, 2)
+        for key in written[(node, session)]:
+            valkey_client.set(key, b"v")
+    valkey_client.set("emb:" + spill_prefix + "x", b"v", ex=60)  # another use entirely
+
+    ValkeyStorage(me[0], me[1], url=valkey_url, prefix=spill_prefix).destroy_external_storage()
+
+    left = {k.decode() for k in scan_keys(valkey_client, spill_prefix + "*")}
+    assert not left & set(written[me])
+    assert left == set(written[other_node]) | set(written[other_session])
+    assert valkey_client.exists("emb:" + spill_prefix + "x")
+    valkey_client.delete("emb:" + spill_prefix + "x")
