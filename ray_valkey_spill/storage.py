@@ -179,7 +179,11 @@ class ValkeyStorage(ExternalStorage):
         except Exception as exc:  # noqa: BLE001
             failed_at, error, urls = 0, exc, []
         if error is not None:
-            self._remove([(bases[i], len(infos[i])) for i in range(failed_at, len(views))])
+            try:
+                self._remove([(bases[i], len(infos[i])) for i in range(failed_at, len(views))])
+            except Exception as exc:  # noqa: BLE001 - no manifest, so never restorable; gc
+                logger.error("could not remove partial keys of a failed spill (%s); "
+                             "`ray-valkey-spill gc` collects them", exc)
             logger.error("spill to %s failed at object %d of %d (%s); %d objects spilled, "
                          "the rest stay in memory and Ray retries them",
                          self.config.address.display(), failed_at, len(views), error, len(urls))
