@@ -532,7 +532,8 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
         fig.update(lost=lost, corrupted=corrupt)
 
         # Drop every ref: Ray deletes spilled copies asynchronously (about once a second).
-        del refs, keepalive
+        refs.clear()  # the closures above share these lists: empty them, Ray frees the objects
+        keepalive.clear()
         t0 = time.perf_counter()
         left = probe.stored_bytes()[0]
         while left and time.perf_counter() - t0 < args.delete_wait_s:
