@@ -115,11 +115,26 @@ def patch(module) -> None:
     module.setup_external_storage = setup_external_storage
 
 
+def _called_from(function_name: str, depth: int = 6) -> bool:
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == function_name:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _setup_valkey(module, config, node_id, session_name):
     from .config import parse_spilling_config
     from .storage import ValkeyStorage
 
     parse_spilling_config(config)  # one clear ConfigError for any bad field
-    storage = ValkeyStorage(node_id, session_name, **config["params"])
+    # Only the head's validation (Node.validate_external_storage) checks the server eagerly:
+    # IO workers must register within 60 s, and ray.shutdown() must work with the server down.
+    validating = _called_from("validate_external_storage")
+    storage = ValkeyStorage(node_id, session_name, check_server_now=validating,
+                            **config["params"])
     module._external_storage = storage
     return storage

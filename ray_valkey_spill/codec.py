@@ -154,6 +154,9 @@ class ChunkCodec:
             raise CorruptObjectError(
                 f"{key}: stored chunk is {len(stored)} bytes, manifest says {info.stored_len}")
         if info.codec == CODEC_RAW:
+            if len(target) != len(stored):
+                raise CorruptObjectError(f"{key}: raw chunk is {len(stored)} bytes, its place "
+                                         f"in the object {len(target)}")
             if stored is not target:
                 target[:] = stored
         else:

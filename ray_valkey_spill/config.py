@@ -186,7 +186,7 @@ def parse_url(url: Any) -> ServerAddress:
             port = 6379
     if db_text is None:
         db = 0
-    elif db_text.isdigit() and int(db_text) < 2**31:
+    elif db_text.isascii() and db_text.isdigit() and int(db_text) < 2**31:
         db = int(db_text)
     else:
         raise ConfigError("url", url, "a database number such as /0")
@@ -306,7 +306,7 @@ def parse_spilling_config(text_or_dict: Any) -> SpillConfig:
     if isinstance(text_or_dict, (str, bytes)):
         try:
             data = json.loads(text_or_dict)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ConfigError("object_spilling_config", text_or_dict, f"valid JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("type") != "valkey":
         raise ConfigError("object_spilling_config", data,

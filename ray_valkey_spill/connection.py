@@ -25,10 +25,18 @@ def _as_config(target: Any, **options: Any) -> SpillConfig:
     return SpillConfig.from_params({"url": target, **options})
 
 
+# Options that only shape what is stored, not how the client connects.
+_STORAGE_ONLY_OPTIONS = ("prefix", "chunk_size_bytes", "compression", "zstd_level",
+                         "allow_allkeys_eviction")
+
+
 def _pool_key(config: SpillConfig) -> tuple:
-    a = config.address
-    return (a.scheme, a.host, a.port, a.unix_path, a.db, config.user, config.password_env,
-            config.password_file, config.ssl_ca_certs, config.ssl_certfile)
+    """Every connection-relevant setting: a client made for one TLS or timeout setting must
+    never be handed to a config that asked for another (e.g. hostname checking)."""
+    params = config.to_params()
+    for name in _STORAGE_ONLY_OPTIONS:
+        params.pop(name, None)
+    return (config.address, tuple(sorted(params.items())))
 
 
 def connection_kwargs(config: SpillConfig) -> dict[str, Any]:

@@ -387,8 +387,11 @@ class Doctor:
                 check = judge
             missing = [" ".join(c[:1]) for c in needed if not check(c)[0]]
             missing_opt = [" ".join(c[:2]) for c in optional if not check(c)[0]]
-            reachable = sorted({f"{c[0]} {c[1].split('__rvs')[0]}*" for c in foreign
-                                if check(c) is not None and check(c)[0]})
+            allowed: dict[str, list[str]] = {}
+            for c in foreign:
+                if check(c) is not None and check(c)[0]:
+                    allowed.setdefault(c[1].split("__rvs")[0] + "*", []).append(c[0])
+            reachable = [f"{p} ({'/'.join(cmds)})" for p, cmds in sorted(allowed.items())]
         except Exception as exc:  # noqa: BLE001
             self.add("acl", WARN, f"permission probe failed: {_err_text(exc)}",
                      "check the user's permissions by hand")
@@ -408,7 +411,7 @@ class Doctor:
                      f"{pattern} keys: spilling will fail", setuser)
         elif reachable:
             self.add("acl", WARN, f"user {user} ({method}) has what spilling needs, but can "
-                     f"also {', '.join(reachable)} (other tenants' keys)",
+                     f"also reach other tenants' keys: {', '.join(reachable)}",
                      "use a dedicated user limited to the spill prefix: " + setuser)
         else:
             self.add("acl", OK, f"user {user} ({method}) can SET/GET/UNLINK/SCAN {pattern} and "

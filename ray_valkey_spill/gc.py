@@ -19,8 +19,12 @@ deleted only when every object key's ``OBJECT IDLETIME`` (seconds since it was l
 read; SCAN, MEMORY USAGE and OBJECT do not reset it, a GET does, so heartbeat keys are left out)
 is at least ``--grace-s``. A session that
 just started always has a key younger than that. When the server cannot tell (an LFU
-``maxmemory-policy`` does not track idle time, or the ACL user may not run OBJECT), the
-session is kept and reported as undecidable.
+``maxmemory-policy`` does not track idle time, or the ACL user may not run OBJECT), a session
+without heartbeats is kept and reported as undecidable.
+
+Heartbeat times come from the nodes' clocks and are compared with this host's clock, so
+``--grace-s`` must also exceed any clock skew between them (a beat from the future counts as
+fresh).
 
 The same idle-time test is applied to sessions whose heartbeats are all stale, as a second
 safeguard: a key read or written within the grace period means that something of that session
@@ -55,8 +59,8 @@ from dataclasses import dataclass, field
 from . import keys as K
 from .config import SpillConfig
 from .errors import BackendUnavailableError, ConfigError, RayValkeySpillError
+from .heartbeat import HEARTBEAT_INTERVAL_S
 
-HEARTBEAT_INTERVAL_S = 30.0  # mirrors storage.HEARTBEAT_INTERVAL_S (storage imports Ray)
 DEFAULT_GRACE_S = 600.0
 MIN_SAFE_GRACE_S = 3 * HEARTBEAT_INTERVAL_S
 SCAN_COUNT = 1000
@@ -120,11 +124,12 @@ class SessionInfo:
         last = self.last_beat
         if last is not None and now - last < grace_s:
             return KEEP_LIVE
-        if self.idle_unknown:
+        recently_used = self.min_idle_s is not None and self.min_idle_s < grace_s
+        if self.heartbeats:  # all stale; key idle times are only a second safeguard here
+            return KEEP_TOUCHED if recently_used else DELETE
+        if self.idle_unknown:  # no heartbeat and no way to tell the keys' age: keep
             return KEEP_UNKNOWN
-        if self.min_idle_s is not None and self.min_idle_s < grace_s:
-            return KEEP_TOUCHED if self.heartbeats else KEEP_YOUNG
-        return DELETE
+        return KEEP_YOUNG if recently_used else DELETE
 
 
 def _decode(key) -> str | None:

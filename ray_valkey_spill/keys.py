@@ -107,10 +107,14 @@ def parse_spill_url(url: bytes | str, prefix: str) -> SpillURL:
     for kind, part in zip(("session", "node id", "object id"), rest):
         _check_name(kind, part)
     try:
-        fields = dict(urllib.parse.parse_qsl(query, strict_parsing=True))
-        offset, size, n_chunks = int(fields["offset"]), int(fields["size"]), int(fields["chunks"])
-    except (KeyError, ValueError) as exc:
+        pairs = urllib.parse.parse_qsl(query, strict_parsing=True)
+    except ValueError as exc:
         raise InvalidSpillURLError(f"spill URL query is not offset=0&size=N&chunks=N: {text!r}") from exc
+    fields = dict(pairs)
+    if (len(pairs) != 3 or set(fields) != {"offset", "size", "chunks"}
+            or not all(v.isascii() and v.isdigit() and len(v) <= 20 for v in fields.values())):
+        raise InvalidSpillURLError(f"spill URL query is not offset=0&size=N&chunks=N: {text!r}")
+    offset, size, n_chunks = int(fields["offset"]), int(fields["size"]), int(fields["chunks"])
     if offset != 0 or size < 0 or not 0 <= n_chunks <= _MAX_CHUNKS:
         raise InvalidSpillURLError(f"spill URL has out-of-range numbers: {text!r}")
     return SpillURL(key, size, n_chunks)

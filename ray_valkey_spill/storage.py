@@ -20,8 +20,10 @@ import random
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Sequence
+from contextlib import closing
+from typing import Iterator, Sequence
 
 from ray._private.external_storage import ExternalStorage
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
@@ -33,8 +35,10 @@ from .codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
 from .direct_read import ReplyError, get_into
 from .config import SpillConfig
 from .connection import connect
+from .heartbeat import Heartbeat, start_driver_heartbeat, stop_driver_heartbeat
 from .keyspace import unlink_keys, unlink_matching
-from .errors import CorruptObjectError, ObjectMissingError, SpillError
+from .errors import (BackendUnavailableError, CorruptObjectError, ObjectMissingError,
+                     RayValkeySpillError, SpillError)
 from .server_checks import check_server
 from .shedding import shed_cache_entries
 
@@ -45,12 +49,25 @@ logger = logging.getLogger("ray_valkey_spill")
 # batch never monopolises the server for long.
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_COMMANDS = 256
-# IO workers stamp <prefix><session>:<node>:hb this often; `gc` treats a session whose
-# stamps are all much older than this as gone.
-HEARTBEAT_INTERVAL_S = 30.0
 # Shedding costs a SCAN round (~40 ms), so free generously rather than once per chunk.
 SHED_MIN_BYTES = 32 * 1024 * 1024
 _RAY_HEADER_BYTES = 24  # Ray's own framing: three u64 lengths
+
+
+def _log_like_ray() -> None:
+    """IO workers give our logger no handler: add one formatted like Ray's own lines, so our
+    errors land in io_worker-*.err with a time and a level."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _is_ray_start_cli() -> bool:
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "ray" and "start" in sys.argv
 
 
 def _in_io_worker() -> bool:
@@ -88,7 +105,11 @@ def _plan_jobs(views: Sequence[tuple[str, memoryview]], chunk_size: int) -> list
 class ValkeyStorage(ExternalStorage):
     """Spills Ray objects to Valkey under ``<prefix><session>:<node>:`` keys."""
 
-    def __init__(self, node_id: str, session_name: str, **params):
+    def __init__(self, node_id: str, session_name: str, *, check_server_now: bool = False,
+                 **params):
+        """``check_server_now``: PING and check the server in the constructor. The plug-in
+        sets it only for Ray's head validation; ``ray.shutdown()`` also builds a storage (to
+        destroy), and that must not fail because the server is down."""
         super().__init__()
         self.config = SpillConfig.from_params(params)
         self.node_id = node_id
@@ -98,13 +119,17 @@ class ValkeyStorage(ExternalStorage):
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._checked = False
-        self._heartbeat_key = K.heartbeat_key(self.config.prefix, session_name, node_id)
         if _in_io_worker():
-            threading.Thread(target=self._heartbeat_loop, name="valkey-spill-heartbeat",
-                             daemon=True).start()
-        else:
-            # The head's validation: the one place to fail fast on a bad or unsafe server.
+            _log_like_ray()
+            Heartbeat(lambda: self.client,
+                      K.heartbeat_key(self.config.prefix, session_name, node_id)).start()
+        # Ray validates by building a storage and destroying it at once; that destroy must not
+        # stop the session's driver heartbeat, the one at ray.shutdown() must.
+        self._validating = check_server_now
+        if check_server_now:
             self._ensure_checked()
+            if not _is_ray_start_cli():  # `ray start --head` exits at once: nothing to stamp
+                start_driver_heartbeat(self.config.prefix, session_name, lambda: self.client)
 
     # -- connection -------------------------------------------------------------------------
     @property
@@ -115,17 +140,6 @@ class ValkeyStorage(ExternalStorage):
         if not self._checked:
             check_server(self.config)
             self._checked = True
-
-    def _beat(self) -> None:
-        self.client.set(self._heartbeat_key, str(int(time.time())))
-
-    def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                self._beat()
-            except Exception as exc:  # noqa: BLE001 - the next beat retries
-                logger.debug("heartbeat to %s failed: %s", self.config.address.display(), exc)
-            time.sleep(HEARTBEAT_INTERVAL_S)
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -156,15 +170,17 @@ class ValkeyStorage(ExternalStorage):
             [None] * -(-len(v) // self.config.chunk_size_bytes) for _, v in views]
         failed_at = len(views)
         error: BaseException | None = None
-        for job, future in self._run_bounded(pool, self._write_job, _plan_jobs(
-                views, self.config.chunk_size_bytes)):
-            try:
-                for (obj, chunk, _, _), info in zip(job.items, future.result()):
-                    infos[obj][chunk] = info
-            except Exception as exc:  # noqa: BLE001 - reported below with the object
-                first = job.items[0][0]
-                if first < failed_at:
-                    failed_at, error = first, exc
+        jobs = _plan_jobs(views, self.config.chunk_size_bytes)
+        with closing(self._run_bounded(pool, self._write_job, jobs)) as done:
+            for job, future in done:
+                try:
+                    for (obj, chunk, _, _), info in zip(job.items, future.result()):
+                        infos[obj][chunk] = info
+                except Exception as exc:  # noqa: BLE001 - reported below with the object
+                    # Stop at once: against a dead or paused server every further batch
+                    # would only wait out its own timeouts. Later objects count as failed.
+                    failed_at, error = job.items[0][0], exc
+                    break
         # Objects before the first failure are complete: commit them with their manifests.
         urls: list[bytes] = []
         manifests = []
@@ -193,19 +209,27 @@ class ValkeyStorage(ExternalStorage):
         logger.debug("spilled %d objects in %.3fs", len(urls), time.perf_counter() - started)
         return urls
 
-    def _run_bounded(self, pool, fn, jobs: list[_ChunkJob]) -> Iterable[tuple[_ChunkJob, Future]]:
-        """Run jobs on the pool with at most 2 per connection in flight (bounded memory)."""
+    def _run_bounded(self, pool, fn, jobs: list[_ChunkJob]) -> Iterator[tuple[_ChunkJob, Future]]:
+        """Run jobs on the pool, yielding them finished and in order, with at most 2 per
+        connection in flight (bounded memory). Closing the generator early cancels the jobs
+        not started and waits for the running ones (they use buffers the caller owns)."""
         limit = 2 * self.config.connections
-        pending: list[tuple[_ChunkJob, Future]] = []
-        for job in jobs:
-            if len(pending) >= limit:
-                head = pending.pop(0)
-                head[1].exception()
-                yield head
-            pending.append((job, pool.submit(fn, job)))
-        for item in pending:
-            item[1].exception()
-            yield item
+        pending: deque[tuple[_ChunkJob, Future]] = deque()
+        try:
+            for job in jobs:
+                if len(pending) >= limit:
+                    pending[0][1].exception()
+                    yield pending.popleft()
+                pending.append((job, pool.submit(fn, job)))
+            while pending:
+                pending[0][1].exception()
+                yield pending.popleft()
+        finally:
+            for _, future in pending:
+                future.cancel()
+            for _, future in pending:
+                if not future.cancelled():
+                    future.exception()
 
     def _write_job(self, job: _ChunkJob) -> list[ChunkInfo]:
         infos, items = [], []
@@ -251,10 +275,15 @@ class ValkeyStorage(ExternalStorage):
                 reader = _ObjectReader(self, spill_url.base_key, manifest)
                 self._put_object_to_store(manifest.metadata, manifest.buf_len, reader, ref,
                                           manifest.owner_address)
-            except Exception as exc:
+            except RayValkeySpillError as exc:
                 # Ray only logs this and retries after 10 s, 20 s, ...: say loudly what is wrong.
                 logger.error("restore of object %s from %r failed: %s", ref.hex(), url, exc)
                 raise
+            except Exception as exc:
+                logger.error("restore of object %s from %r failed: %s", ref.hex(), url, exc)
+                raise BackendUnavailableError(
+                    f"restore of {url!r} from {self.config.address.display()} failed: "
+                    f"{exc}") from exc
             total += manifest.buf_len
         return total
 
@@ -274,11 +303,10 @@ class ValkeyStorage(ExternalStorage):
 
     def _fill(self, base_key: str, manifest: Manifest, target: memoryview) -> None:
         """Fetch every chunk and decode it into its slice of ``target`` (the whole object)."""
-        size = manifest.chunk_size
-        views = [(base_key, target)]
-        for job, future in self._run_bounded(self._pool(), self._read_job_for(manifest),
-                                             _plan_jobs(views, size)):
-            future.result()
+        jobs = _plan_jobs([(base_key, target)], manifest.chunk_size)
+        with closing(self._run_bounded(self._pool(), self._read_job_for(manifest), jobs)) as done:
+            for _, future in done:
+                future.result()
 
     def _read_job_for(self, manifest: Manifest):
         if self.config.address.cluster:
@@ -355,6 +383,8 @@ class ValkeyStorage(ExternalStorage):
         """Remove this node's keys of this session (Ray calls it with a random node id when
         validating, and for the head node on ``ray.shutdown()``)."""
         pattern = K.node_pattern(self.config.prefix, self.session_name, self.node_id)
+        if not self._validating:
+            stop_driver_heartbeat(self.config.prefix, self.session_name)
         try:
             removed = unlink_matching(self.client, pattern)
         except Exception as exc:  # noqa: BLE001 - shutdown must not fail; gc collects leftovers

@@ -177,7 +177,7 @@ def test_a_flipped_byte_is_detected_and_never_returned(valkey_url, valkey_client
         del fill
         with pytest.raises(ray.exceptions.GetTimeoutError):
             ray.get(ref, timeout=8)
-        assert wait_for(lambda: _logs_contain(ray, "checksum mismatch"), timeout_s=10)
+        assert wait_for(lambda: _logs_contain(ray, "checksum mismatch"), timeout_s=40)
         assert _logs_contain(ray, chunk.decode())
     finally:
         ray.shutdown()
