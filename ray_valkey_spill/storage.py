@@ -39,6 +39,7 @@ from .heartbeat import Heartbeat, start_driver_heartbeat, stop_driver_heartbeat
 from .keyspace import unlink_keys, unlink_matching
 from .errors import (BackendUnavailableError, CorruptObjectError, ObjectMissingError,
                      RayValkeySpillError, SpillError)
+from .metrics import spill_metrics
 from .server_checks import check_server
 from .shedding import shed_cache_entries
 
@@ -151,6 +152,13 @@ class ValkeyStorage(ExternalStorage):
 
     # -- spill ------------------------------------------------------------------------------
     def spill_objects(self, object_refs, owner_addresses) -> list[bytes]:
+        try:
+            return self._spill_objects(object_refs, owner_addresses)
+        except Exception as exc:
+            spill_metrics().error("spill", exc.__cause__ or exc)
+            raise
+
+    def _spill_objects(self, object_refs, owner_addresses) -> list[bytes]:
         if len(object_refs) == 0:
             return []
         started = time.perf_counter()
@@ -206,6 +214,11 @@ class ValkeyStorage(ExternalStorage):
             if not urls:
                 raise SpillError(f"spilling {len(views)} objects to "
                                  f"{self.config.address.display()} failed: {error}") from error
+            spill_metrics().error("spill", error)
+        stored = sum(i.stored_len for obj in infos[:len(urls)] for i in obj)
+        spill_metrics().spilled(len(urls), sum(sizes[:len(urls)]),
+                                stored + sum(len(m) for _, m in manifests),
+                                time.perf_counter() - started)
         logger.debug("spilled %d objects in %.3fs", len(urls), time.perf_counter() - started)
         return urls
 
@@ -269,6 +282,7 @@ class ValkeyStorage(ExternalStorage):
     def restore_spilled_objects(self, object_refs, url_with_offset_list) -> int:
         total = 0
         for ref, url in zip(object_refs, url_with_offset_list):
+            started = time.perf_counter()
             try:
                 spill_url = K.parse_spill_url(url, self.config.prefix)
                 manifest = self._read_manifest(spill_url)
@@ -278,13 +292,16 @@ class ValkeyStorage(ExternalStorage):
             except RayValkeySpillError as exc:
                 # Ray only logs this and retries after 10 s, 20 s, ...: say loudly what is wrong.
                 logger.error("restore of object %s from %r failed: %s", ref.hex(), url, exc)
+                spill_metrics().error("restore", exc)
                 raise
             except Exception as exc:
                 logger.error("restore of object %s from %r failed: %s", ref.hex(), url, exc)
+                spill_metrics().error("restore", exc)
                 raise BackendUnavailableError(
                     f"restore of {url!r} from {self.config.address.display()} failed: "
                     f"{exc}") from exc
             total += manifest.buf_len
+            spill_metrics().restored(1, spill_url.size, time.perf_counter() - started)
         return total
 
     def _read_manifest(self, spill_url: K.SpillURL) -> Manifest:
@@ -366,15 +383,22 @@ class ValkeyStorage(ExternalStorage):
 
     # -- delete -----------------------------------------------------------------------------
     def delete_spilled_objects(self, urls) -> None:
-        doomed = []
+        doomed, freed = [], 0
         for url in urls:
             try:
                 spill_url = K.parse_spill_url(url, self.config.prefix)
             except Exception as exc:  # noqa: BLE001 - never let one bad URL leak the others
                 logger.error("not deleting %r: %s", url, exc)
+                spill_metrics().error("delete", exc)
                 continue
             doomed.append((spill_url.base_key, spill_url.n_chunks))
-        self._remove(doomed)
+            freed += spill_url.size
+        try:
+            self._remove(doomed)
+        except Exception as exc:
+            spill_metrics().error("delete", exc)
+            raise
+        spill_metrics().deleted(len(doomed), freed)
 
     def _remove(self, objects: list[tuple[str, int]]) -> None:
         unlink_keys(self.client, [k for base, n in objects for k in K.object_keys(base, n)])

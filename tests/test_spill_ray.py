@@ -174,9 +174,17 @@ def test_a_flipped_byte_is_detected_and_never_returned(valkey_url, valkey_client
                        if oid in k and k.endswith(b":1"))[0]
         byte = valkey_client.getrange(chunk, 1000, 1000)
         valkey_client.setrange(chunk, 1000, bytes([byte[0] ^ 0x10]))
+        # Cycle the object store so that no in-memory copy of `ref` survives: the next get
+        # must restore from Valkey.
+        fill += [ray.put(np.zeros(10 * MiB // 8)) for _ in range(12)]
         del fill
-        with pytest.raises(ray.exceptions.GetTimeoutError):
-            ray.get(ref, timeout=8)
+        try:
+            value = ray.get(ref, timeout=8)
+        except ray.exceptions.GetTimeoutError:
+            pass
+        else:
+            assert value.tobytes() == data.tobytes(), "corrupted data was returned"
+            pytest.fail("the object was not restored from the corrupted chunk")
         assert wait_for(lambda: _logs_contain(ray, "checksum mismatch"), timeout_s=40)
         assert _logs_contain(ray, chunk.decode())
     finally:

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from ..config import SpillConfig
 from ..errors import BackendUnavailableError, ConfigError
+from ..metrics import CacheMetrics
 from ..prefixes import validate_prefix
 from ..server_checks import config_get, eviction_risk
 
@@ -126,7 +127,7 @@ class Counters:
 
     FIELDS = ("hits", "misses", "corrupt", "puts", "dropped_puts")
 
-    def __init__(self, stats_key: str, flush_seconds: float | None):
+    def __init__(self, stats_key: str, flush_seconds: float | None, cache: str = "other"):
         if flush_seconds is not None and (isinstance(flush_seconds, bool)
                                           or not isinstance(flush_seconds, (int, float))
                                           or not 0 <= flush_seconds <= 86400):
@@ -138,12 +139,15 @@ class Counters:
         self._totals = dict.fromkeys(self.FIELDS, 0)
         self._unpublished = dict.fromkeys(self.FIELDS, 0)
         self._last_flush = time.monotonic()
+        self.metrics = CacheMetrics(cache)  # Ray metrics (no-op outside a connected Ray)
 
     def add(self, **deltas: int) -> None:
         with self._lock:
             for name, n in deltas.items():
                 self._totals[name] += n
                 self._unpublished[name] += n
+        self.metrics.hit(deltas.get("hits", 0))
+        self.metrics.miss(deltas.get("misses", 0))
 
     def snapshot(self) -> dict[str, float]:
         """This process's counters and hit rate (hits / (hits + misses), None before any get)."""
@@ -203,15 +207,17 @@ class KeyedArrayCache:
                 pipe.set(key, payload, ex=self.ttl_seconds)
             self.counters.publish_into(pipe)
             replies = pipe.execute(raise_on_error=False)
-        stored = dropped = 0
-        for reply in replies[:len(keys)]:
+        stored = dropped = nbytes = 0
+        for reply, payload in zip(replies[:len(keys)], payloads):
             if isinstance(reply, valkey.exceptions.OutOfMemoryError):
                 dropped += 1
             elif isinstance(reply, Exception):
                 raise reply
             else:
                 stored += 1
+                nbytes += len(payload)
         self.counters.add(puts=stored, dropped_puts=dropped)
+        self.counters.metrics.bytes_written(nbytes)
         return stored
 
     def stats(self) -> dict[str, Any]:

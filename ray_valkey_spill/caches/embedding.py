@@ -69,7 +69,7 @@ class EmbeddingCache(KeyedArrayCache):
         self.ttl_seconds = check_ttl("ttl_seconds", ttl_seconds)
         self._key_head = f"{self.prefix}{key_part('model', model)}:"
         self.codec = ArrayCodec(zstd_level)
-        self.counters = Counters(self.prefix + STATS_SUFFIX, stats_flush_seconds)
+        self.counters = Counters(self.prefix + STATS_SUFFIX, stats_flush_seconds, cache="emb")
         self.client = resolve_client(client_or_url)
         self._cluster = is_cluster(self.client)
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
@@ -140,6 +140,7 @@ class EmbeddingCache(KeyedArrayCache):
                 logger.warning("embedding cache: undecodable value at %s counted as a miss: %s",
                                key, exc)
         self.counters.add(hits=hits, misses=len(keys) - hits, corrupt=corrupt)
+        self.counters.metrics.bytes_read(sum(len(raw) for raw in values if raw is not None))
         return out
 
     # -- writes -----------------------------------------------------------------------------

@@ -114,7 +114,8 @@ class KVCache(KeyedArrayCache):
         self._extra = extra_keys_bytes(model, lora_id, cache_salt, block_size_tokens,
                                        tuple(extra_keys))
         self.codec = ArrayCodec(zstd_level)
-        self.counters = Counters(self.prefix + STATS_SUFFIX, stats_flush_seconds)
+        self.counters = Counters(self.prefix + STATS_SUFFIX, stats_flush_seconds,
+                                 cache="vllm_kv")
         self.client = resolve_client(client_or_url)
         self._cluster = is_cluster(self.client)
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
@@ -194,13 +195,16 @@ class KVCache(KeyedArrayCache):
             values = (self.client.mget_nonatomic(keys) if self._cluster
                       else self.client.mget(keys))
         out: list[np.ndarray] = []
+        nbytes = 0
         for key, raw in zip(keys, values):
             if raw is None:
                 break
+            nbytes += len(raw)
             try:
                 out.append(self.codec.decode(raw))
             except CorruptValueError as exc:
                 self.counters.add(corrupt=1)
                 logger.warning("KV cache: undecodable block at %s counted as a miss: %s", key, exc)
                 break
+        self.counters.metrics.bytes_read(nbytes)
         return out

@@ -21,6 +21,7 @@ from ._base import (backend_errors, check_cache_prefix, check_ttl, is_cluster, k
                     resolve_client, warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError
 from ..errors import ConfigError
+from ..metrics import CacheMetrics
 
 DEFAULT_PREFIX = "session:"
 DEFAULT_TTL_SECONDS = 30 * 60
@@ -54,6 +55,7 @@ class SessionStore:
         self.client = resolve_client(client_or_url)
         self._cluster = is_cluster(self.client)
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
+        self.metrics = CacheMetrics("session")  # Ray metrics (no-op outside a connected Ray)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
         base = f"{self.prefix}{{{key_part('session_id', session_id)}}}:"
@@ -90,7 +92,9 @@ class SessionStore:
             pipe.ltrim(turns_key, -self.max_turns, -1)
             self._expire_both(pipe, turns_key, results_key)
             pipe.llen(turns_key)
-            return int(pipe.execute()[-1])
+            count = int(pipe.execute()[-1])
+        self.metrics.bytes_written(sum(len(e) for e in encoded))
+        return count
 
     def last(self, session_id: str, n: int) -> list[Any]:
         """The last ``n`` turns, oldest first ([] for an unknown or expired session).
@@ -104,6 +108,8 @@ class SessionStore:
         turns_key, _ = self._keys(session_id)
         with backend_errors(f"read {turns_key}"):
             raw = self.client.lrange(turns_key, -n, -1)
+        (self.metrics.hit if raw else self.metrics.miss)(1)
+        self.metrics.bytes_read(sum(len(item) for item in raw))
         return [json.loads(item) for item in raw]
 
     def trim(self, session_id: str, keep_last: int) -> None:
@@ -146,6 +152,7 @@ class SessionStore:
             pipe.hset(results_key, name, data)
             self._expire_both(pipe, turns_key, results_key)
             pipe.execute()
+        self.metrics.bytes_written(len(data))
 
     def get_result(self, session_id: str, name: str) -> Any:
         """An intermediate result, or None if absent/expired.
@@ -158,7 +165,10 @@ class SessionStore:
         with backend_errors(f"read {results_key}"):
             data = self.client.hget(results_key, name)
         if data is None:
+            self.metrics.miss(1)
             return None
+        self.metrics.hit(1)
+        self.metrics.bytes_read(len(data))
         tag, body = data[:1], data[1:]
         if tag == _TAG_BYTES:
             return body
