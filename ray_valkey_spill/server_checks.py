@@ -59,8 +59,21 @@ def check_server(config: SpillConfig) -> dict:
         raise BackendUnavailableError(f"cannot reach Valkey at {where} within "
                                       f"{config.connect_timeout_s}s: {exc}") from exc
     try:
-        policy = config_get(client, "maxmemory-policy")
-        bulk = config_get(client, "proto-max-bulk-len")
+        if config.address.cluster:
+            # CONFIG GET goes to ONE node in valkey-py: ask every node (a replica becomes a
+            # primary on failover), keep the worst answer.
+            policies, bulks = [], []
+            for node in client.get_nodes():
+                node_client = client.get_valkey_connection(node)
+                policies.append(config_get(node_client, "maxmemory-policy"))
+                bulks.append(config_get(node_client, "proto-max-bulk-len"))
+            risky = [p for p in policies if eviction_risk(p)]
+            policy = risky[0] if risky else (None if None in policies else policies[0])
+            known = [int(b) for b in bulks if b is not None]
+            bulk = str(min(known)) if known else None
+        else:
+            policy = config_get(client, "maxmemory-policy")
+            bulk = config_get(client, "proto-max-bulk-len")
     finally:
         client.close()
     if eviction_risk(policy) and not config.allow_allkeys_eviction:

