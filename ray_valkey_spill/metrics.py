@@ -15,8 +15,8 @@ Rules, because this runs inside Ray's IO workers:
 * Recording never raises: metrics must never break spilling. A failure is logged once at debug.
 
 Ray prefixes every custom metric with ``ray_`` on export, and the Prometheus exporter appends
-``_total`` to counters, so ``ray_valkey_spill_spilled_bytes`` is scraped as
-``ray_ray_valkey_spill_spilled_bytes_total``. See README "Metrics" for the list.
+``_total`` to counters, so ``valkey_spill_spilled_bytes`` is scraped as
+``ray_valkey_spill_spilled_bytes_total``. See README "Metrics" for the list.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 
 logger = logging.getLogger("ray_valkey_spill")
 
-PREFIX = "ray_valkey_spill_"
+# Ray adds "ray_" on export: the scraped names start with ray_valkey_spill_.
+PREFIX = "valkey_spill_"
 # Latency buckets, seconds: 1 ms .. 60 s in roughly 1-2.5-5 steps (Prometheus adds +Inf).
 LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                         1.0, 2.5, 5.0, 10.0, 25.0, 60.0]
@@ -220,7 +221,7 @@ def spill_metrics() -> SpillMetrics:
 
 def exported_name(name: str) -> str:
     """The name Prometheus scrapes for one of our metrics, e.g. ``spilled_bytes`` ->
-    ``ray_ray_valkey_spill_spilled_bytes_total``."""
+    ``ray_valkey_spill_spilled_bytes_total``."""
     kind = _DEFINITIONS[name][0]
     return "ray_" + PREFIX + name + ("_total" if kind == "counter" else "")
 

@@ -285,8 +285,8 @@ def test_metrics_reach_the_ray_metrics_endpoint(ray_with_metrics, valkey_url):
     name = M.exported_name
     wanted = [name("spilled_objects"), name("spilled_bytes"), name("spilled_stored_bytes"),
               name("restored_objects"), name("restored_bytes"), name("deleted_objects"),
-              "ray_ray_valkey_spill_spill_seconds_count",
-              "ray_ray_valkey_spill_restore_seconds_count"]
+              "ray_valkey_spill_spill_seconds_count",
+              "ray_valkey_spill_restore_seconds_count"]
     deadline = time.monotonic() + 40
     samples = {}
     while time.monotonic() < deadline:
@@ -306,5 +306,5 @@ def test_metrics_reach_the_ray_metrics_endpoint(ray_with_metrics, valkey_url):
     assert _total(samples, name("cache_misses"), 'cache="emb"') == 1
     assert _total(samples, name("cache_written_bytes"), 'cache="emb"') > 0
     # Histogram buckets are cumulative up to +Inf, which equals the count.
-    inf = _total(samples, "ray_ray_valkey_spill_restore_seconds_bucket", 'le="+Inf"')
-    assert inf == _total(samples, "ray_ray_valkey_spill_restore_seconds_count") >= 3
+    inf = _total(samples, "ray_valkey_spill_restore_seconds_bucket", 'le="+Inf"')
+    assert inf == _total(samples, "ray_valkey_spill_restore_seconds_count") >= 3
