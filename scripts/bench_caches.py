@@ -8,7 +8,7 @@ Embeddings: put then get N vectors of D float32 in batches of B, for
   * json     - a naive cache: one ``SET key json EX`` / ``GET`` + ``json.loads`` per vector.
 KV blocks: put then get K blocks in requests of 16 blocks (a 256-token prefix). A block is 16
 tokens of a Llama-3.2-3B-shaped model: 28 layers x K/V x 16 tokens x 8 KV heads x 128 dims,
-bf16 bits = 1.75 MiB. ``KVCache.put`` / ``get`` (one MGET) run against raw pipelined
+bf16 bits = 1.75 MiB. ``KVCache.put`` / ``get`` (one pipeline) run against raw pipelined
 ``SET EX`` / ``GET`` of the same bytes (the server's GET throughput for that value size).
 
 Every batch/request is timed on its own; a cell is the median over all batches of --runs
@@ -166,25 +166,34 @@ KV_REQUEST_BLOCKS = 16  # one request reads/writes a 256-token prefix: 16 blocks
 
 
 def kv_raw(client, blocks, ttl):
+    """The floor: pipelined SET EX through valkey-py (values sent without a copy), and GETs on a
+    plain socket received straight into a preallocated buffer (bench.RawClient): the server's
+    own GET speed for this value size, with no parser in between."""
+    from ray_valkey_spill.bench import RawClient
+
     run = uuid.uuid4().hex[:6]
-    keys = [f"vllm:kv:bench-raw-{run}:{i}" for i in range(len(blocks))]
-    payloads = [b.tobytes() for b in blocks]
+    spans = batches(len(blocks), KV_REQUEST_BLOCKS)
+    size = blocks[0].nbytes
+    keys = {a: [f"vllm:kv:bench-raw-{run}:{a}:{j}" for j in range(b - a)] for a, b in spans}
+    kwargs = client.connection_pool.connection_kwargs
+    raw = RawClient(kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379), 1)
+    target = memoryview(bytearray(KV_REQUEST_BLOCKS * size))
 
     def put(a, b):
         pipe = client.pipeline(transaction=False)
-        for k, p in zip(keys[a:b], payloads[a:b]):
-            pipe.set(k, p, ex=ttl)
+        for k, block in zip(keys[a], blocks[a:b]):
+            pipe.set(k, memoryview(block).cast("B"), ex=ttl)
         pipe.execute()
 
     def get(a, b):
-        pipe = client.pipeline(transaction=False)
-        for k in keys[a:b]:
-            pipe.get(k)
-        assert all(len(r) == len(payloads[0]) for r in pipe.execute())
+        raw.get_all(f"vllm:kv:bench-raw-{run}:{a}:", target[:(b - a) * size], size,
+                    batch_bytes=(b - a) * size, batch_cmds=b - a)
 
-    spans = batches(len(keys), KV_REQUEST_BLOCKS)
-    t_put, t_get = timed_each(put, spans), timed_each(get, spans)
-    client.unlink(*keys)
+    try:
+        t_put, t_get = timed_each(put, spans), timed_each(get, spans)
+    finally:
+        raw.close()
+    client.unlink(*[k for ks in keys.values() for k in ks])
     return t_put, t_get, None
 
 

@@ -26,7 +26,7 @@ from ._base import (DEFAULT_STATS_FLUSH_SECONDS, STATS_SUFFIX, Counters, KeyedAr
                     check_cache_prefix, check_ttl, is_cluster, key_part, resolve_client,
                     warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError, as_numpy
-from ..errors import ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 
 logger = logging.getLogger("ray_valkey_spill")
 
@@ -73,6 +73,24 @@ def block_hashes(tokens: Any, block_size_tokens: int, extra: bytes) -> list[byte
         parent = h.digest()
         out.append(parent)
     return out
+
+
+def _get_blocks(client, keys: list[str]) -> list[memoryview | None]:
+    """GET every key in one pipeline, each reply received into its own uninitialised buffer:
+    no parser buffer and no bytes object in between (MB-sized blocks would be copied twice)."""
+    from ..direct_read import ReplyError, get_into
+
+    buffers: dict[int, np.ndarray] = {}
+
+    def destination(i: int, n: int) -> memoryview:
+        buffers[i] = np.empty(n, np.uint8)
+        return memoryview(buffers[i])
+
+    try:
+        lengths = get_into(client, keys, destination)
+    except ReplyError as exc:  # e.g. WRONGTYPE, NOPERM: not a connection problem
+        raise BackendUnavailableError(f"GET of KV blocks refused: {exc}") from exc
+    return [None if n is None else memoryview(buffers[i]) for i, n in enumerate(lengths)]
 
 
 class KVCache(KeyedArrayCache):
@@ -176,9 +194,9 @@ class KVCache(KeyedArrayCache):
 
     def get(self, tokens: Any, n_blocks: int | None = None) -> list[np.ndarray]:
         """The leading cached blocks of ``tokens`` (at most ``n_blocks``; default every full
-        block) in ONE round trip (one MGET). The list stops at the first missing or undecodable
-        block, so ``len(result) * block_size_tokens`` tokens can be loaded. Arrays are read-only
-        views of the reply.
+        block) in ONE round trip (pipelined GETs received straight into one buffer per block;
+        MGET in cluster mode). The list stops at the first missing or undecodable block, so
+        ``len(result) * block_size_tokens`` tokens can be loaded. Arrays are views of the reply.
 
         Raises:
             ConfigError: a negative n_blocks. CacheValueError: bad tokens.
@@ -193,7 +211,7 @@ class KVCache(KeyedArrayCache):
             return []
         with backend_errors(f"get({len(keys)} blocks under {self._key_head})"):
             values = (self.client.mget_nonatomic(keys) if self._cluster
-                      else self.client.mget(keys))
+                      else _get_blocks(self.client, keys))
         out: list[np.ndarray] = []
         nbytes = 0
         for key, raw in zip(keys, values):
