@@ -13,6 +13,7 @@ The transport only moves bytes and memoryviews; it never interprets them.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,21 @@ MAX_CHUNKS = 1 << 24
 
 def checksum(data) -> int:
     return xxhash.xxh3_64_intdigest(data)
+
+
+_local = threading.local()
+
+
+def scratch(slot: int, nbytes: int) -> memoryview:
+    """A per-thread reusable buffer of at least ``nbytes`` (restores decode MBs per chunk;
+    allocating and zeroing a fresh bytearray each time cost more than the decompression)."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    buf = buffers.get(slot)
+    if buf is None or len(buf) < nbytes:
+        buf = buffers[slot] = bytearray(nbytes)
+    return memoryview(buf)[:nbytes]
 
 
 @dataclass(frozen=True)
@@ -185,7 +201,7 @@ class ChunkCodec:
         else:
             width = info.codec - _SHUFFLE_BASE if info.codec > CODEC_ZSTD else 0
             # Shuffled chunks decompress into scratch first, then unshuffle into place.
-            out = memoryview(bytearray(len(target))) if width else target
+            out = scratch(-1, len(target)) if width else target
             _zstd_into(stored, out, key)
             if width:
                 unshuffle_into(out, target, width)

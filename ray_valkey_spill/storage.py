@@ -34,6 +34,7 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from . import keys as K
 from .codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
+from .codec import scratch as codec_scratch
 from .direct_read import ReplyError, get_into
 from .config import SpillConfig
 from .connection import connect
@@ -388,7 +389,7 @@ class ValkeyStorage(ExternalStorage):
                                          f"{info.stored_len}")
             if info.codec == CODEC_RAW:
                 return view
-            scratch[i] = memoryview(bytearray(n))
+            scratch[i] = codec_scratch(i, n)
             return scratch[i]
 
         lengths = get_into(client or self.client, [key for _, _, key, _ in job.items],
