@@ -35,7 +35,7 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 from . import keys as K
 from .codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
 from .codec import scratch as codec_scratch
-from .direct_read import ReplyError, get_into
+from .direct_io import ReplyError, get_into, set_from
 from .config import SpillConfig
 from .connection import connect
 from .heartbeat import Heartbeat, start_driver_heartbeat, stop_driver_heartbeat
@@ -280,11 +280,20 @@ class ValkeyStorage(ExternalStorage):
                 self._pipeline_set(batch)  # SET is idempotent: the whole batch may repeat
 
     def _pipeline_set(self, batch) -> None:
-        if self.config.address.cluster:  # SET is idempotent: a retried batch may repeat
-            return self._with_retries(self._pipeline_set_once, batch)
-        return self._pipeline_set_once(batch)
+        # SET is idempotent: a retried batch may repeat
+        if self.config.address.cluster:
+            return self._with_retries(self._pipeline_set_cluster, batch)
+        return self._with_retries(self._pipeline_set_direct, batch)
 
-    def _pipeline_set_once(self, batch) -> None:
+    def _pipeline_set_direct(self, batch) -> None:
+        try:
+            set_from(self.client, batch)
+        except ReplyError as exc:
+            if str(exc).startswith("OOM"):
+                raise OutOfMemoryError(str(exc)) from exc
+            raise
+
+    def _pipeline_set_cluster(self, batch) -> None:
         pipe = self.client.pipeline(transaction=False)
         for key, value in batch:
             pipe.set(key, value)

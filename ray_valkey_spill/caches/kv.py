@@ -78,7 +78,7 @@ def block_hashes(tokens: Any, block_size_tokens: int, extra: bytes) -> list[byte
 def _get_blocks(client, keys: list[str]) -> list[memoryview | None]:
     """GET every key in one pipeline, each reply received into its own uninitialised buffer:
     no parser buffer and no bytes object in between (MB-sized blocks would be copied twice)."""
-    from ..direct_read import ReplyError, get_into
+    from ..direct_io import ReplyError, get_into
 
     buffers: dict[int, np.ndarray] = {}
 

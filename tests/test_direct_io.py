@@ -3,7 +3,7 @@
 import pytest
 
 from ray_valkey_spill.connection import connect
-from ray_valkey_spill.direct_read import ReplyError, get_into
+from ray_valkey_spill.direct_io import ReplyError, get_into, set_from
 
 
 @pytest.fixture
@@ -63,3 +63,26 @@ def test_exception_in_destination_drops_the_connection_not_the_pool(client, spil
     with pytest.raises(ValueError):
         get_into(client, [spill_prefix + "big"], destination)
     assert client.get(spill_prefix + "big") == b"z" * 100_000
+
+
+def test_set_from_sends_buffers_as_they_are(client, spill_prefix):
+    import numpy as np
+
+    big = np.arange(1_000_000, dtype=np.int64)
+    items = [(spill_prefix + "s0", memoryview(big).cast("B")), (spill_prefix + "s1", b""),
+             (spill_prefix + "s2", b"small")]
+    set_from(client, items)
+    assert client.get(spill_prefix + "s0") == big.tobytes()
+    assert client.get(spill_prefix + "s1") == b""
+    assert client.get(spill_prefix + "s2") == b"small"
+
+
+def test_set_from_error_reply_raises_and_pool_recovers(client, spill_prefix, valkey_client):
+    from ray_valkey_spill import EmbeddedValkey
+    from ray_valkey_spill.connection import connect as connect_url
+
+    with EmbeddedValkey(config={"maxmemory": "2mb", "maxmemory-policy": "noeviction"}) as small:
+        c = connect_url(small.url)
+        with pytest.raises(ReplyError, match="OOM"):
+            set_from(c, [(spill_prefix + "x", b"x" * 4_000_000), (spill_prefix + "y", b"y")])
+        assert c.ping()

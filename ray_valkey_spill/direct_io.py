@@ -1,0 +1,183 @@
+"""Pipelined GET and SET of large values without copying them in Python.
+
+valkey-py reads a reply into its socket buffer, copies it out as ``bytes``, and the caller
+copies it again into plasma: three passes over every restored byte. ``get_into`` sends the
+GETs of a batch as one pipeline on a pooled valkey-py connection (so AUTH, TLS, SELECT and
+timeouts stay valkey-py's) and reads each bulk reply with ``recv_into`` directly into the
+buffer it belongs to. ``set_from`` sends a batch of SETs as one ``sendmsg`` gather list whose
+values are the caller's buffers (plasma memory, Arrow buffers), with none of valkey-py's
+per-command packing. Both release the GIL in the socket calls, so I/O threads overlap the
+network with checksumming and compression.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Callable, Sequence
+
+_HEADER_READ = 256  # bytes asked for when only a reply header (e.g. b"$4194304\r\n") is due
+
+
+class ReplyError(Exception):
+    """The server answered with an error reply (e.g. -OOM, -NOPERM, -LOADING)."""
+
+
+class _Reader:
+    def __init__(self, sock):
+        self._sock = sock
+        self._pending = bytearray()  # bytes received beyond what was consumed
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(_HEADER_READ)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        self._pending += chunk
+
+    def line(self) -> bytes:
+        while True:
+            end = self._pending.find(b"\r\n")
+            if end >= 0:
+                text = bytes(self._pending[:end])
+                del self._pending[:end + 2]
+                return text
+            self._fill()
+
+    def into(self, target: memoryview) -> None:
+        """Fill ``target`` exactly with the next len(target) bytes of the stream."""
+        have = min(len(self._pending), len(target))
+        if have:
+            target[:have] = self._pending[:have]
+            del self._pending[:have]
+        view, pos = target, have
+        while pos < len(view):
+            n = self._sock.recv_into(view[pos:])
+            if not n:
+                raise ConnectionError("server closed the connection mid-reply")
+            pos += n
+
+    def skip(self, n: int) -> None:
+        while len(self._pending) < n:
+            self._fill()
+        del self._pending[:n]
+
+    @property
+    def clean(self) -> bool:
+        return not self._pending
+
+
+def _borrow(client, command: str):
+    """A pooled connection, connected and with nothing unread left in valkey-py's buffer."""
+    conn = client.connection_pool.get_connection(command)
+    try:
+        if conn._sock is None:
+            conn.connect()
+        parser_buffer = getattr(conn._parser, "_buffer", None)
+        if parser_buffer is not None and parser_buffer.unread_bytes():
+            conn.disconnect()  # leftovers from an aborted command: start clean
+            conn.connect()
+    except BaseException:
+        client.connection_pool.release(conn)
+        raise
+    return conn
+
+
+_IOV_MAX = 512  # buffers per sendmsg call (Linux allows 1024)
+
+
+def _send_all(sock, parts: list) -> None:
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg on TLS sockets
+        for part in parts:
+            sock.sendall(part)
+        return
+    for start in range(0, len(parts), _IOV_MAX):
+        pending = [memoryview(p).cast("B") for p in parts[start:start + _IOV_MAX]]
+        while pending:
+            sent = sock.sendmsg(pending)
+            while pending and sent >= len(pending[0]):
+                sent -= len(pending[0])
+                pending.pop(0)
+            if pending and sent:
+                pending[0] = pending[0][sent:]
+
+
+def set_from(client, items: Sequence[tuple[str, object]]) -> None:
+    """Pipeline ``SET key value`` for every (key, buffer) pair; values are sent from the
+    caller's buffers as they are. Raises ReplyError for the first error reply (e.g. OOM).
+    Standalone clients only."""
+    pool = client.connection_pool
+    conn = _borrow(client, "SET")
+    reusable = False
+    try:
+        parts: list = []
+        for key, value in items:
+            k = key.encode()
+            parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(k), k, len(value)))
+            parts.append(value)
+            parts.append(b"\r\n")
+        _send_all(conn._sock, parts)
+        reader = _Reader(conn._sock)
+        error: Exception | None = None
+        for _ in items:
+            line = reader.line()
+            if line == b"+OK":
+                continue
+            if line[:1] == b"-":
+                error = error or ReplyError(line[1:].decode(errors="replace"))
+            else:
+                raise ConnectionError(f"unexpected reply to SET: {line[:40]!r}")
+        reusable = reader.clean
+        if error is not None:
+            raise error
+    except BaseException:
+        reusable = False
+        raise
+    finally:
+        if not reusable:
+            conn.disconnect()
+        pool.release(conn)
+
+
+def get_into(client, keys: Sequence[str],
+             destination: Callable[[int, int], memoryview | None]) -> list[int | None]:
+    """Pipeline ``GET key`` for every key; reply i of length n is written into
+    ``destination(i, n)`` (which returns a writable view of exactly n bytes, or None to
+    discard). Returns each reply's length, None for a missing key. Standalone clients only.
+    """
+    pool = client.connection_pool
+    conn = _borrow(client, "GET")
+    reusable = False
+    try:
+        conn.send_packed_command(conn.pack_commands([("GET", k) for k in keys]))
+        reader = _Reader(conn._sock)
+        lengths: list[int | None] = []
+        error: Exception | None = None
+        for i in range(len(keys)):
+            head = reader.line()
+            if head[:1] == b"$":
+                n = int(head[1:])
+                if n < 0:
+                    lengths.append(None)
+                    continue
+                target = destination(i, n) if error is None else None
+                if target is None:
+                    reader.skip(n + 2)
+                else:
+                    reader.into(target)
+                    reader.skip(2)
+                lengths.append(n)
+            elif head[:1] == b"-":
+                error = error or ReplyError(head[1:].decode(errors="replace"))
+                lengths.append(None)
+            else:
+                raise ConnectionError(f"unexpected reply to GET: {head[:40]!r}")
+        reusable = reader.clean
+        if error is not None:
+            raise error
+        return lengths
+    except BaseException:
+        reusable = False
+        raise
+    finally:
+        if not reusable:
+            conn.disconnect()
+        pool.release(conn)
