@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from .direct_io import send_all
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 DEFAULT_CHUNKS = (256 * 1024, 512 * 1024, MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB)
@@ -181,15 +183,7 @@ class RawClient:
                 parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value)))
                 parts.append(value)
                 parts.append(b"\r\n")
-            for j in range(0, len(parts), 900):  # IOV_MAX is 1024
-                pending = parts[j:j + 900]
-                while pending:
-                    sent = sock.sendmsg(pending)
-                    while pending and sent >= len(pending[0]):
-                        sent -= len(pending[0])
-                        pending.pop(0)
-                    if pending and sent:
-                        pending[0] = memoryview(pending[0])[sent:]
+            send_all(sock, parts)  # gather lists straight from the buffers
             for _ in batch:
                 line = reader.readline()
                 if line != b"+OK\r\n":

@@ -13,7 +13,8 @@ network with checksumming and compression.
 from __future__ import annotations
 
 import ssl
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 _HEADER_READ = 256  # bytes asked for when only a reply header (e.g. b"$4194304\r\n") is due
 
@@ -65,9 +66,14 @@ class _Reader:
         return not self._pending
 
 
-def _borrow(client, command: str):
-    """A pooled connection, connected and with nothing unread left in valkey-py's buffer."""
-    conn = client.connection_pool.get_connection(command)
+@contextmanager
+def _stream(client, command: str) -> Iterator[tuple[object, "_Reader"]]:
+    """A pooled connection, connected and with nothing unread in valkey-py's buffer, and a
+    reader on its socket. It goes back to the pool only if every reply was consumed exactly;
+    after any error it is disconnected, so a half-read reply never reaches the next user."""
+    pool = client.connection_pool
+    conn = pool.get_connection(command)
+    reader = None
     try:
         if conn._sock is None:
             conn.connect()
@@ -75,16 +81,22 @@ def _borrow(client, command: str):
         if parser_buffer is not None and parser_buffer.unread_bytes():
             conn.disconnect()  # leftovers from an aborted command: start clean
             conn.connect()
+        reader = _Reader(conn._sock)
+        yield conn, reader
     except BaseException:
-        client.connection_pool.release(conn)
+        reader = None
         raise
-    return conn
+    finally:
+        if reader is None or not reader.clean:
+            conn.disconnect()
+        pool.release(conn)
 
 
 _IOV_MAX = 512  # buffers per sendmsg call (Linux allows 1024)
 
 
-def _send_all(sock, parts: list) -> None:
+def send_all(sock, parts: list) -> None:
+    """Send every buffer of ``parts`` in order, as gather lists (no joining), or one by one on TLS."""
     if isinstance(sock, ssl.SSLSocket):  # no sendmsg on TLS sockets
         for part in parts:
             sock.sendall(part)
@@ -104,37 +116,23 @@ def set_from(client, items: Sequence[tuple[str, object]]) -> None:
     """Pipeline ``SET key value`` for every (key, buffer) pair; values are sent from the
     caller's buffers as they are. Raises ReplyError for the first error reply (e.g. OOM).
     Standalone clients only."""
-    pool = client.connection_pool
-    conn = _borrow(client, "SET")
-    reusable = False
-    try:
-        parts: list = []
-        for key, value in items:
-            k = key.encode()
-            parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(k), k, len(value)))
-            parts.append(value)
-            parts.append(b"\r\n")
-        _send_all(conn._sock, parts)
-        reader = _Reader(conn._sock)
+    parts: list = []
+    for key, value in items:
+        k = key.encode()
+        parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(k), k, len(value)))
+        parts.append(value)
+        parts.append(b"\r\n")
+    with _stream(client, "SET") as (conn, reader):
+        send_all(conn._sock, parts)
         error: Exception | None = None
         for _ in items:
             line = reader.line()
-            if line == b"+OK":
-                continue
             if line[:1] == b"-":
                 error = error or ReplyError(line[1:].decode(errors="replace"))
-            else:
+            elif line != b"+OK":
                 raise ConnectionError(f"unexpected reply to SET: {line[:40]!r}")
-        reusable = reader.clean
-        if error is not None:
-            raise error
-    except BaseException:
-        reusable = False
-        raise
-    finally:
-        if not reusable:
-            conn.disconnect()
-        pool.release(conn)
+    if error is not None:
+        raise error
 
 
 def get_into(client, keys: Sequence[str],
@@ -143,14 +141,10 @@ def get_into(client, keys: Sequence[str],
     ``destination(i, n)`` (which returns a writable view of exactly n bytes, or None to
     discard). Returns each reply's length, None for a missing key. Standalone clients only.
     """
-    pool = client.connection_pool
-    conn = _borrow(client, "GET")
-    reusable = False
-    try:
+    lengths: list[int | None] = []
+    error: Exception | None = None
+    with _stream(client, "GET") as (conn, reader):
         conn.send_packed_command(conn.pack_commands([("GET", k) for k in keys]))
-        reader = _Reader(conn._sock)
-        lengths: list[int | None] = []
-        error: Exception | None = None
         for i in range(len(keys)):
             head = reader.line()
             if head[:1] == b"$":
@@ -170,14 +164,6 @@ def get_into(client, keys: Sequence[str],
                 lengths.append(None)
             else:
                 raise ConnectionError(f"unexpected reply to GET: {head[:40]!r}")
-        reusable = reader.clean
-        if error is not None:
-            raise error
-        return lengths
-    except BaseException:
-        reusable = False
-        raise
-    finally:
-        if not reusable:
-            conn.disconnect()
-        pool.release(conn)
+    if error is not None:
+        raise error
+    return lengths

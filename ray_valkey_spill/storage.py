@@ -126,6 +126,7 @@ class ValkeyStorage(ExternalStorage):
         self._codec = ChunkCodec(self.config.compression, self.config.zstd_level)
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._client = None
         self._checked = False
         if _in_io_worker():
             _log_like_ray()
@@ -142,7 +143,10 @@ class ValkeyStorage(ExternalStorage):
     # -- connection -------------------------------------------------------------------------
     @property
     def client(self):
-        return connect(self.config)
+        # connect() returns the process-wide pooled client; remember it (hot path).
+        if self._client is None:
+            self._client = connect(self.config)
+        return self._client
 
     def _ensure_checked(self) -> None:
         if not self._checked:

@@ -7,6 +7,7 @@ one; every test then works under its own key prefix and cleans it with SCAN, nev
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -46,6 +47,16 @@ def spill_prefix(valkey_client):
     keys = scan_keys(valkey_client, prefix + "*")
     if keys:
         valkey_client.unlink(*keys)
+
+
+def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2) -> bool:
+    """Poll ``predicate`` until it holds or the time is up; return its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
 
 
 def start_ray(url: str, object_store_mib: int = 100, num_cpus: int = 2, **options):

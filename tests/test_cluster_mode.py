@@ -8,14 +8,13 @@ also after the node that spilled them crashed.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import numpy as np
 import pytest
 import xxhash
 
-from conftest import MiB, start_ray
+from conftest import MiB, start_ray, wait_for
 from ray_valkey_spill import keys as K
 from ray_valkey_spill import spilling_config
 from ray_valkey_spill.config import SpillConfig
@@ -49,15 +48,6 @@ def per_primary(cluster, prefix, heartbeats=False) -> dict[int, list[bytes]]:
             out[i] = [k for k in c.scan_iter(match=prefix + "*", count=1000)
                       if heartbeats or not k.endswith(b":hb")]
     return out
-
-
-def wait_for(predicate, timeout_s=30.0, interval_s=0.25):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def harness(url, prefix, **options):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ray_valkey_spill import keys as K
-from ray_valkey_spill.codec import CODEC_RAW, CODEC_ZSTD, ChunkCodec, ChunkInfo, Manifest
+from ray_valkey_spill.codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
 from ray_valkey_spill.errors import CorruptObjectError, InvalidSpillURLError
 
 SESSION = "session_2026-11-30_00-00-00_000000_1"

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import MiB
 from ray_valkey_spill import spilling_config
-from test_spill_ray import object_keys, wait_for
+from conftest import wait_for
+from test_spill_ray import object_keys
 
 
 @pytest.fixture

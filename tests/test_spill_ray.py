@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import MiB, start_ray
+from conftest import MiB, start_ray, wait_for
 from ray_valkey_spill import BackendUnavailableError, ConfigError, EmbeddedValkey, UnsafeServerError
 from ray_valkey_spill.keyspace import scan_keys
 
@@ -16,15 +16,6 @@ from ray_valkey_spill.keyspace import scan_keys
 def object_keys(client, prefix):
     """Keys of spilled objects (chunks and manifests), not the per-node heartbeat."""
     return [k for k in scan_keys(client, prefix + "*") if not k.endswith(b":hb")]
-
-
-def wait_for(predicate, timeout_s=20.0, interval_s=0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def make_objects(ray):
