@@ -50,7 +50,6 @@ _MANIFEST_HEAD = struct.Struct("<4sBxxxIIQII")
 # codec, stored_len, checksum (xxh3-64 of the original chunk bytes)
 _CHUNK_ENTRY = struct.Struct("<BxxxIQ")
 _MANIFEST_TAIL = struct.Struct("<Q")  # xxh3-64 of everything before it
-MAX_CHUNKS = 1 << 24
 
 
 def checksum(data) -> int:

@@ -37,8 +37,6 @@ OK, WARN, ERROR = "OK", "WARN", "ERROR"
 DEFAULT_PINGS = 20
 MIN_VERSION = (7, 2)  # CLIENT NO-TOUCH, ACL DRYRUN, volatile-* semantics as documented
 # Commands the spill backend (and gc) sends on keys under its prefix.
-NEEDED_KEY_COMMANDS = (("SET", "x"), ("GET",), ("UNLINK",))
-GC_KEY_COMMANDS = (("OBJECT", "IDLETIME"), ("MEMORY", "USAGE"))
 # Prefixes the spill user must not reach: the other tenants of a shared server.
 OTHER_PREFIXES = tuple(p for use, p in DEFAULT_PREFIXES.items() if use != "ray")
 

@@ -41,10 +41,6 @@ def node_pattern(prefix: str, session: str, node_id: str) -> str:
     return f"{prefix}{_check_name('session', session)}:{_check_name('node id', node_id)}:*"
 
 
-def session_pattern(prefix: str, session: str) -> str:
-    return f"{prefix}{_check_name('session', session)}:*"
-
-
 def heartbeat_key(prefix: str, session: str, node_id: str) -> str:
     # No TTL on purpose: under volatile-lru a TTL would make it evictable, and an evicted
     # heartbeat would make gc take a live session for dead.

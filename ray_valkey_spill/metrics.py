@@ -33,9 +33,6 @@ PREFIX = "valkey_spill_"
 # Latency buckets, seconds: 1 ms .. 60 s in roughly 1-2.5-5 steps (Prometheus adds +Inf).
 LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                         1.0, 2.5, 5.0, 10.0, 25.0, 60.0]
-OPERATIONS = ("spill", "restore", "delete")
-CACHES = ("emb", "vllm_kv", "session")
-
 # name (without PREFIX) -> (kind, description, tag keys)
 _DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "spilled_objects": ("counter", "Objects spilled to Valkey", ()),
