@@ -3,6 +3,7 @@ spilling config reaches Ray through `ray start` and the RAY_object_spilling_conf
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -117,8 +118,11 @@ def test_ray_start_cli_spills_to_valkey(how, valkey_url, valkey_client, spill_pr
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
-        address = [line for line in started.stdout.splitlines() if "ray start --address=" in line]
-        addr = address[0].split("--address=")[1].strip().strip("'\"")
+        # `ray start` prints `ray start --address='IP:PORT'`, coloured when colorful is installed
+        found = re.search(r"--address='?([0-9A-Za-z.\-]+:\d+)", re.sub(r"\x1b\[[0-9;]*m", "",
+                                                                   started.stdout))
+        assert found, started.stdout[-2000:]
+        addr = found.group(1)
         run = subprocess.run([sys.executable, "-c", DRIVER, addr, valkey_url, spill_prefix],
                              env=env, capture_output=True, text=True, timeout=300)
         assert "SPILLED" in run.stdout, run.stderr[-3000:]
