@@ -249,10 +249,14 @@ def _check_in_task(refs: list, expected: list[int]) -> list[tuple[int, bool, flo
 
 # -- storage-specific probes ----------------------------------------------------------------
 class ValkeyProbe:
-    def __init__(self, url: str, prefix: str):
-        import valkey
+    """Watches the server (standalone or cluster: memory summed over the primaries)."""
 
-        self.client = valkey.Valkey.from_url(url)
+    def __init__(self, url: str, prefix: str):
+        from .config import parse_url
+        from .connection import connect
+
+        self._cluster = parse_url(url).cluster
+        self.client = connect(url)
         self.prefix = prefix
         self.base_used = self.used_memory()
         self.peak_used = self.base_used
@@ -261,18 +265,21 @@ class ValkeyProbe:
         self._thread.start()
 
     def used_memory(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
+        if not self._cluster:
+            return int(self.client.info("memory")["used_memory"])
+        from valkey.cluster import ValkeyCluster
+
+        per_node = self.client.info("memory", target_nodes=ValkeyCluster.PRIMARIES)
+        if "used_memory" in per_node:  # one primary: valkey-py unwraps the reply
+            return int(per_node["used_memory"])
+        return sum(int(v["used_memory"]) for v in per_node.values())
 
     def _sample(self) -> None:
-        import valkey
-
-        client = valkey.Valkey(connection_pool=self.client.connection_pool)
         while not self._stop.wait(0.1):
             try:
-                used = int(client.info("memory")["used_memory"])
+                self.peak_used = max(self.peak_used, self.used_memory())
             except Exception:  # noqa: BLE001 - the sampler must never kill the run
                 continue
-            self.peak_used = max(self.peak_used, used)
 
     def keys(self) -> list[bytes]:
         """Keys of spilled objects (a node's heartbeat key, ``...:hb``, is not one)."""

@@ -53,46 +53,6 @@ BACKEND_ROWS = [("write_gibps", "backend write GiB/s"), ("read_gibps", "backend 
 SERVER_ROWS = [("set_gibps", "server SET 1 MiB GiB/s"), ("get_gibps", "server GET 1 MiB GiB/s")]
 
 
-def _install_cluster_probe() -> None:
-    """stress.ValkeyProbe talks to one standalone server; give it a cluster-aware twin that
-    sums used_memory over every primary (same interface, so run_once works unchanged)."""
-    import threading
-
-    from ray_valkey_spill import stress
-
-    class ClusterProbe(stress.ValkeyProbe):
-        def __init__(self, url: str, prefix: str):
-            from valkey.cluster import ValkeyCluster
-
-            from ray_valkey_spill.config import parse_url
-
-            a = parse_url(url)
-            self.client = ValkeyCluster(host=a.host, port=a.port)
-            self.prefix = prefix
-            self.base_used = self.used_memory()
-            self.peak_used = self.base_used
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-
-        def used_memory(self) -> int:
-            from valkey.cluster import ValkeyCluster
-
-            per_node = self.client.info("memory", target_nodes=ValkeyCluster.PRIMARIES)
-            if "used_memory" in per_node:  # one primary: valkey-py unwraps the reply
-                return int(per_node["used_memory"])
-            return sum(int(v["used_memory"]) for v in per_node.values())
-
-        def _sample(self) -> None:
-            while not self._stop.wait(0.1):
-                try:
-                    self.peak_used = max(self.peak_used, self.used_memory())
-                except Exception:  # noqa: BLE001 - the sampler must never kill the run
-                    continue
-
-    stress.ValkeyProbe = ClusterProbe
-
-
 def ray_run(url: str, args) -> dict:
     from ray_valkey_spill import stress
 
@@ -201,7 +161,6 @@ def main(argv=None) -> int:
     shard_counts = [int(s) for s in args.shards.split(",")]
     from ray_valkey_spill.embedded_cluster import EmbeddedValkeyCluster
 
-    _install_cluster_probe()
     clusters = {n: EmbeddedValkeyCluster(primaries=n, config={"maxmemory": args.maxmemory})
                 for n in shard_counts}
     layers = [name for name, skip in (("ray", args.skip_ray), ("backend", args.skip_backend),
