@@ -173,6 +173,18 @@ def _batches(iterable, size: int):
         yield batch
 
 
+def _scan_parsed(client, prefix: str, bar: "_Progress"):
+    """SCAN ``prefix*`` a batch at a time, yielding [(raw key, text, parse_key result or None)]."""
+    for batch in _batches(client.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT),
+                          SCAN_COUNT):
+        bar.add(len(batch))
+        parsed = []
+        for raw in batch:
+            text = _decode(raw)
+            parsed.append((raw, text, parse_key(prefix, text) if text is not None else None))
+        yield parsed
+
+
 def survey(client, prefix: str, sample_keys: int = DEFAULT_SAMPLE_KEYS,
            progress: bool = False, rng: random.Random | None = None) -> tuple[dict, int]:
     """Phase 1: one SCAN of ``prefix*``; per-session counts, heartbeats, idle times, samples.
@@ -181,18 +193,9 @@ def survey(client, prefix: str, sample_keys: int = DEFAULT_SAMPLE_KEYS,
     rng = rng or random.Random()
     sessions: dict[str, SessionInfo] = {}
     foreign = 0
-    bar = _Progress(progress, "scanned")
-    for batch in _batches(client.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT),
-                          SCAN_COUNT):
-        bar.add(len(batch))
-        ours = []
-        for raw in batch:
-            text = _decode(raw)
-            parsed = parse_key(prefix, text) if text is not None else None
-            if parsed is None:
-                foreign += 1
-            else:
-                ours.append((raw, parsed))
+    for batch in _scan_parsed(client, prefix, _Progress(progress, "scanned")):
+        ours = [(raw, parsed) for raw, _, parsed in batch if parsed is not None]
+        foreign += len(batch) - len(ours)
         if not ours:
             continue
         pipe = client.pipeline(transaction=False)
@@ -239,14 +242,9 @@ def collect(client, prefix: str, sessions: dict, grace_s: float, progress: bool 
     if not doomed:
         return 0
     removed = 0
-    bar = _Progress(progress, "gc pass: scanned")
-    for batch in _batches(client.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT),
-                          SCAN_COUNT):
-        bar.add(len(batch))
+    for batch in _scan_parsed(client, prefix, _Progress(progress, "gc pass: scanned")):
         victims = []
-        for raw in batch:
-            text = _decode(raw)
-            parsed = parse_key(prefix, text) if text is not None else None
+        for raw, text, parsed in batch:
             if parsed is None or parsed[0] not in doomed:
                 continue
             session, _, is_hb = parsed
