@@ -36,6 +36,7 @@ import numpy as np
 import xxhash
 
 from .direct_io import send_all
+from .embedded import EmbeddedValkey, add_transport_argument
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -131,11 +132,20 @@ class BackendHarness:
 class RawClient:
     """Pipelined SET/GET over plain sockets, one thread per connection, no copies of values."""
 
-    def __init__(self, host: str, port: int, connections: int):
-        self.socks = [socket.create_connection((host, port)) for _ in range(connections)]
-        for s in self.socks:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, connections: int, host: str | None = None, port: int | None = None,
+                 unix_path: str | None = None):
+        self.socks = [self._connect(host, port, unix_path) for _ in range(connections)]
         self.readers = [s.makefile("rb", buffering=1 << 16) for s in self.socks]
+
+    @staticmethod
+    def _connect(host: str | None, port: int | None, unix_path: str | None) -> socket.socket:
+        if unix_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(unix_path)
+            return sock
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def close(self) -> None:
         for r in self.readers:
@@ -217,12 +227,12 @@ class RawClient:
         return self._run(work, n, chunk, batch_bytes, batch_cmds)
 
 
-def raw_round(host: str, port: int, connections: int, buf: memoryview, target: memoryview,
+def raw_round(address, connections: int, buf: memoryview, target: memoryview,
               chunk: int, client) -> tuple[float, float]:
     from .storage import BATCH_BYTES, BATCH_COMMANDS
 
     prefix = f"ray:rawbench{uuid.uuid4().hex[:8]}:"
-    raw = RawClient(host, port, connections)
+    raw = RawClient(connections, address.host, address.port, address.unix_path)
     try:
         t_set = raw.set_all(prefix, buf, chunk, BATCH_BYTES, BATCH_COMMANDS)
         t_get = raw.get_all(prefix, target, chunk, BATCH_BYTES, BATCH_COMMANDS)
@@ -234,13 +244,15 @@ def raw_round(host: str, port: int, connections: int, buf: memoryview, target: m
     return len(buf) / GiB / t_set, len(buf) / GiB / t_get
 
 
-def redis_benchmark(host: str, port: int, connections: int, size: int, total: int) -> dict | None:
+def redis_benchmark(address, connections: int, size: int, total: int) -> dict | None:
     exe = shutil.which("redis-benchmark")
     if exe is None:
         return None
     n = max(connections * 4, total // size)
     pipeline = max(1, min(16, (16 * MiB) // size))
-    base = [exe, "-h", host, "-p", str(port), "-c", str(connections), "-n", str(n), "-d", str(size),
+    where = (["-s", address.unix_path] if address.unix_path
+             else ["-h", address.host, "-p", str(address.port)])
+    base = [exe, *where, "-c", str(connections), "-n", str(n), "-d", str(size),
             "-P", str(pipeline), "--csv", "-q"]
     # SET to new random keys (like spilling); GET of one existing key ("key:__rand_int__"
     # without -r), so that every GET returns a full value rather than a miss.
@@ -366,7 +378,6 @@ def run(args) -> dict[str, Any]:
 
     url = args.url
     address = parse_url(url)
-    host, port = address.host, address.port
     nbytes = args.object_mib * MiB
     import valkey
 
@@ -387,7 +398,7 @@ def run(args) -> dict[str, Any]:
             for _ in range(args.repeat):  # interleaved: backend, raw, backend, raw, ...
                 backend_rounds.append(backend_round(url, buf, target, chunk, conns,
                                                     args.compression))
-                w, r = raw_round(host, port, conns, memoryview(buf), memoryview(target), chunk,
+                w, r = raw_round(address, conns, memoryview(buf), memoryview(target), chunk,
                                  client)
                 raw_rounds.append({"write_gibps": w, "read_gibps": r})
             b, raw = _median_dict(backend_rounds), _median_dict(raw_rounds)
@@ -400,7 +411,7 @@ def run(args) -> dict[str, Any]:
                        x["read_gibps"] / y["read_gibps"] for x, y in zip(backend_rounds, raw_rounds)),
                    "stored_ratio": b["stored_ratio"]}
             if args.redis_benchmark:
-                rb = redis_benchmark(host, port, conns, chunk, min(nbytes, 512 * MiB))
+                rb = redis_benchmark(address, conns, chunk, min(nbytes, 512 * MiB))
                 if rb:
                     row.update({f"redis_benchmark_{k}": v for k, v in rb.items()})
             results["chunk_sweep"].append(row)
@@ -414,7 +425,7 @@ def run(args) -> dict[str, Any]:
                                 args.compression) for _ in range(args.repeat)]
         raw_rounds = []
         for _ in range(args.repeat):
-            w, r = raw_round(host, port, args.kind_connections, memoryview(buf),
+            w, r = raw_round(address, args.kind_connections, memoryview(buf),
                              memoryview(target), args.kind_chunk, client)
             raw_rounds.append({"write_gibps": w, "read_gibps": r})
         b, raw = _median_dict(rounds), _median_dict(raw_rounds)
@@ -522,6 +533,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ray-valkey-spill bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="Valkey server (default: start an embedded valkey-server)")
+    add_transport_argument(p)
     p.add_argument("--object-mib", type=int, default=256, help="bytes per measurement (MiB)")
     p.add_argument("--chunk-sizes", type=_sizes, default=list(DEFAULT_CHUNKS),
                    help="comma-separated, e.g. 256k,1m,4m,16m")
@@ -551,10 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     server = None
     if args.url is None:
-        from .embedded import EmbeddedValkey
-
         server = EmbeddedValkey()
-        args.url = server.url
+        args.url = server.url_for(args.transport)
     try:
         from .stress import environment
 
@@ -564,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     print(f"backend bench: {args.object_mib} MiB per round, median of {args.repeat}, "
-          f"valkey {env.get('valkey_server')}, {env['cpus']} CPUs, commit {env['git_commit']}")
+          f"valkey {env.get('valkey_server')} ({env.get('transport')}), {env['cpus']} CPUs, "
+          f"commit {env['git_commit']}")
     print_tables(results)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

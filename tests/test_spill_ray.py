@@ -107,6 +107,27 @@ def test_chunks_stay_below_a_1mb_proto_max_bulk_len():
             ray.shutdown()
 
 
+def test_spilling_over_the_embedded_servers_unix_socket(valkey_server, valkey_client):
+    """The default transport of the stress run: a private socket (mode 700), no TCP."""
+    import stat
+
+    assert stat.S_IMODE(os.stat(valkey_server.unix_socket).st_mode) == 0o700
+    prefix = "ray:unixsock:"
+    ray = start_ray(valkey_server.unix_url, prefix=prefix, chunk_size_bytes=MiB)
+    rng = np.random.default_rng(9)
+    values = [rng.random(5 * MiB // 8) for _ in range(30)]  # 150 MiB through 100 MiB
+    refs = []
+    try:
+        refs = [ray.put(v) for v in values]
+        assert wait_for(lambda: len(object_keys(valkey_client, prefix)) > 10)
+        for ref, want in zip(refs, values):
+            assert ray.get(ref).tobytes() == want.tobytes()
+    finally:
+        del refs
+        ray.shutdown()
+    assert not scan_keys(valkey_client, prefix + "*")
+
+
 def _stored_bytes(client, prefix):
     return sum(client.strlen(k) for k in object_keys(client, prefix))
 
