@@ -32,6 +32,7 @@ from .config import MiB, SpillConfig
 from .connection import connection_kwargs
 from .errors import RayValkeySpillError
 from .prefixes import DEFAULT_PREFIXES
+from .server_checks import each_node
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
 DEFAULT_PINGS = 20
@@ -76,8 +77,11 @@ class Doctor:
         self.pings = pings
         self.checks: list[Check] = []
         self.client = None
+        self._scope = ""  # which cluster nodes the settings checks being added are about
 
     def add(self, check: str, status: str, detail: str, action: str = "") -> None:
+        if self._scope:
+            detail = f"{self._scope}: {detail}"
         self.checks.append(Check(check, status, detail, action))
 
     # -- connection ---------------------------------------------------------------------
@@ -101,11 +105,16 @@ class Doctor:
         try:
             self.check_version()
             self.check_latency()
-            settings = self.read_settings()
-            self.check_memory(settings)
-            self.check_persistence(settings)
-            self.check_bulk_len(settings)
-            self.check_auth(settings)
+            groups = self.read_settings()
+            for nodes, settings in groups:
+                if self.config.address.cluster:
+                    self._scope = (f"all {len(nodes)} nodes" if len(groups) == 1
+                                   else "node " + ", ".join(nodes))
+                self.check_memory(settings)
+                self.check_persistence(settings)
+                self.check_bulk_len(settings)
+            self._scope = ""
+            self.check_auth()
             self.check_acl()
         finally:
             try:
@@ -221,7 +230,19 @@ class Doctor:
         else:
             self.add("latency", OK, detail)
 
-    def read_settings(self) -> dict:
+    def read_settings(self) -> list[tuple[list[str], dict]]:
+        """Every node's settings, grouped by value: ``[(node names, settings)]``, a single
+        group when all nodes agree (and always for a standalone server)."""
+        groups: dict[tuple, tuple[list[str], dict]] = {}
+        for name, client in each_node(self.client):
+            settings = self._node_settings(client)
+            same = tuple((k, _err_text(v) if isinstance(v, Exception) else v)
+                         for k, v in settings.items())
+            groups.setdefault(same, ([], settings))[0].append(name)
+        return list(groups.values())
+
+    @staticmethod
+    def _node_settings(client) -> dict:
         import valkey
 
         names = ("maxmemory", "maxmemory-policy", "appendonly", "appendfsync", "save",
@@ -229,16 +250,10 @@ class Doctor:
         settings: dict = {}
         for name in names:
             try:
-                reply = self.client.config_get(name)
+                value = client.config_get(name).get(name)
             except valkey.exceptions.ValkeyError as exc:
                 settings[name] = exc
                 continue
-            if isinstance(reply, dict) and self.config.address.cluster:
-                # ValkeyCluster may answer per node; keep the first node's value
-                first = next(iter(reply.values()), None) if reply and name not in reply else None
-                if isinstance(first, dict):
-                    reply = first
-            value = reply.get(name) if isinstance(reply, dict) else None
             settings[name] = value.decode() if isinstance(value, bytes) else value
         return settings
 
@@ -315,7 +330,7 @@ class Doctor:
         else:
             self.add("proto-max-bulk-len", OK, detail)
 
-    def check_auth(self, s: dict) -> None:
+    def check_auth(self) -> None:
         if self.config.user is None and self.config.resolve_password() is None:
             self.add("authentication", WARN, "connected without a user or password: anyone who "
                      "can reach the port can read and delete spilled objects",

@@ -31,6 +31,18 @@ def config_get(client, name: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def each_node(client, primaries_only: bool = False) -> list[tuple[str, object]]:
+    """``(host:port, client)`` of every node behind a cluster client (valkey-py sends CONFIG
+    GET and INFO to one node only), or ``[("", client)]`` for a standalone client. Settings
+    checks look at replicas too: a replica becomes a primary on failover."""
+    from valkey.cluster import ValkeyCluster
+
+    if not isinstance(client, ValkeyCluster):
+        return [("", client)]
+    return [(node.name, client.get_valkey_connection(node)) for node in client.get_nodes()
+            if not primaries_only or node.server_type == "primary"]
+
+
 def eviction_risk(policy: str | None) -> bool:
     return policy is not None and policy.startswith("allkeys-")
 
@@ -59,21 +71,14 @@ def check_server(config: SpillConfig) -> dict:
         raise BackendUnavailableError(f"cannot reach Valkey at {where} within "
                                       f"{config.connect_timeout_s}s: {exc}") from exc
     try:
-        if config.address.cluster:
-            # CONFIG GET goes to ONE node in valkey-py: ask every node (a replica becomes a
-            # primary on failover), keep the worst answer.
-            policies, bulks = [], []
-            for node in client.get_nodes():
-                node_client = client.get_valkey_connection(node)
-                policies.append(config_get(node_client, "maxmemory-policy"))
-                bulks.append(config_get(node_client, "proto-max-bulk-len"))
-            risky = [p for p in policies if eviction_risk(p)]
-            policy = risky[0] if risky else (None if None in policies else policies[0])
-            known = [int(b) for b in bulks if b is not None]
-            bulk = str(min(known)) if known else None
-        else:
-            policy = config_get(client, "maxmemory-policy")
-            bulk = config_get(client, "proto-max-bulk-len")
+        # Every node of a cluster; keep the worst answer.
+        nodes = each_node(client)
+        policies = [config_get(c, "maxmemory-policy") for _, c in nodes]
+        bulks = [config_get(c, "proto-max-bulk-len") for _, c in nodes]
+        risky = [p for p in policies if eviction_risk(p)]
+        policy = risky[0] if risky else (None if None in policies else policies[0])
+        known = [int(b) for b in bulks if b is not None]
+        bulk = str(min(known)) if known else None
     finally:
         client.close()
     if eviction_risk(policy) and not config.allow_allkeys_eviction:

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from .errors import BackendUnavailableError
+from .server_checks import each_node
 
 CACHE_PREFIXES = ("emb:", "vllm:kv:", "session:")
 STATS_SUFFIX = b":_stats"
@@ -57,9 +58,14 @@ def collect(client: Any, spill_prefix: str = "ray:", sample: int = 0,
             for n in names + ["other"]}
     stats_keys: list[bytes] = []
     try:
-        info = client.info("memory")
-        info.update(client.info("stats"))
-        dbsize = int(client.dbsize())
+        # valkey-py sends INFO and DBSIZE to one node of a cluster: ask every primary.
+        infos = []
+        dbsize = 0
+        for _, node_client in each_node(client, primaries_only=True):
+            info = node_client.info("memory")
+            info.update(node_client.info("stats"))
+            infos.append(info)
+            dbsize += int(node_client.dbsize())
         scanned = 0
         batch: list[bytes] = []
 
@@ -104,10 +110,14 @@ def collect(client: Any, spill_prefix: str = "ray:", sample: int = 0,
         for row in rows.values():
             for field in row:
                 row[field] = round(row[field] * scale)
-    policy = info.get("maxmemory_policy")
+    policies = sorted({str(i.get("maxmemory_policy")) for i in infos})
+    policy = next((p for p in policies if p.startswith("allkeys-")), policies[0])
+    limits = [int(i.get("maxmemory") or 0) for i in infos]
     cache_keys_without_ttl = sum(rows[p]["keys_without_ttl"] for p in CACHE_PREFIXES
                                  if p in rows and p != spill_prefix)
     warnings = []
+    if len(policies) > 1:
+        warnings.append(f"the primaries disagree on maxmemory-policy: {', '.join(policies)}")
     if policy and str(policy).startswith("allkeys-"):
         warnings.append(f"maxmemory-policy {policy} can evict spilled objects: use volatile-lru")
     if cache_keys_without_ttl:
@@ -121,12 +131,13 @@ def collect(client: Any, spill_prefix: str = "ray:", sample: int = 0,
         "dbsize": dbsize,
         "scanned_keys": scanned,
         "estimated": estimated,
-        "server": {
-            "used_memory": info.get("used_memory"),
-            "maxmemory": info.get("maxmemory"),
+        "server": {  # summed over the primaries of a cluster
+            "primaries": len(infos),
+            "used_memory": sum(int(i.get("used_memory") or 0) for i in infos),
+            "maxmemory": 0 if 0 in limits else sum(limits),  # 0: a node without a limit
             "maxmemory_policy": policy,
-            "evicted_keys": info.get("evicted_keys"),
-            "expired_keys": info.get("expired_keys"),
+            "evicted_keys": sum(int(i.get("evicted_keys") or 0) for i in infos),
+            "expired_keys": sum(int(i.get("expired_keys") or 0) for i in infos),
         },
         "hit_rates": hit_rates,
         "warnings": warnings,
@@ -146,7 +157,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"(estimated from {report['scanned_keys']:,} of {report['dbsize']:,} keys)")
     s = report["server"]
     maxmemory = "unlimited" if not s["maxmemory"] else f"{_mib(s['maxmemory'])} MiB"
-    lines.append(f"server: used {_mib(s['used_memory'])} MiB of {maxmemory}, policy "
+    where = "server" if s["primaries"] == 1 else f"{s['primaries']} primaries"
+    lines.append(f"{where}: used {_mib(s['used_memory'])} MiB of {maxmemory}, policy "
                  f"{s['maxmemory_policy']}, evicted_keys {s['evicted_keys']}, "
                  f"expired_keys {s['expired_keys']}")
     for key, f in sorted(report["hit_rates"].items()):

@@ -104,6 +104,56 @@ def test_check_server_refuses_a_cluster_with_one_allkeys_primary(vcluster):
             c.config_set("maxmemory-policy", "volatile-lru")
 
 
+def test_stats_counts_every_primary(vcluster):
+    """INFO and DBSIZE go to one node in valkey-py: stats must sum over every primary."""
+    from ray_valkey_spill.stats import collect
+
+    tag = uuid.uuid4().hex[:8]
+    with vcluster.client() as client:
+        for i in range(60):
+            client.set(f"ray:stats{tag}:{i}", b"x" * 1000)
+            client.set(f"emb:stats{tag}:{i}", b"y" * 100, ex=600)
+        try:
+            per_node = {}
+            for i in vcluster.primary_indexes():
+                with vcluster.nodes[i].client() as c:
+                    per_node[i] = (c.dbsize(), c.info("memory")["used_memory"])
+            report = collect(client)
+        finally:
+            client.delete(*[f"{p}:stats{tag}:{i}" for p in ("ray", "emb") for i in range(60)])
+    assert report["server"]["primaries"] == PRIMARIES
+    assert report["dbsize"] == sum(n for n, _ in per_node.values())
+    assert report["prefixes"]["ray:"]["keys"] >= 60 and report["prefixes"]["emb:"]["keys"] >= 60
+    assert report["server"]["used_memory"] > 2 * max(m for _, m in per_node.values())
+
+
+def test_doctor_reads_the_settings_of_every_node(vcluster, capsys):
+    import json
+
+    from ray_valkey_spill.doctor import main as doctor_main
+
+    def policy_rows() -> list[dict]:
+        capsys.readouterr()
+        doctor_main(["--url", vcluster.url, "--json", "--pings", "3"])
+        checks = json.loads(capsys.readouterr().out)["checks"]
+        return [c for c in checks if c["check"] == "maxmemory-policy"]
+
+    rows = policy_rows()
+    assert len(rows) == 1 and rows[0]["status"] == "OK"
+    assert rows[0]["detail"].startswith(f"all {len(vcluster.nodes)} nodes")
+    odd = vcluster.nodes[2]
+    with odd.client() as c:
+        c.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        rows = policy_rows()
+    finally:
+        with odd.client() as c:
+            c.config_set("maxmemory-policy", "volatile-lru")
+    bad = [c for c in rows if c["status"] == "ERROR"]
+    assert len(bad) == 1 and f"127.0.0.1:{odd.port}" in bad[0]["detail"], rows
+    assert any(c["status"] == "OK" for c in rows)
+
+
 # -- the backend without Ray: spread, MOVED, delete, destroy ---------------------------------
 def test_chunks_spread_over_every_primary_and_moved_slots_are_followed(vcluster, cprefix):
     h = harness(vcluster.url, cprefix)
