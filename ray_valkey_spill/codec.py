@@ -149,9 +149,11 @@ class ChunkCodec:
         raw = sum(len(s) for s in samples)
         return sum(self._codec.compress(s, asbytes=False).size for s in samples) / raw
 
-    def _choose(self, data: memoryview) -> int:
+    def choose(self, data: memoryview) -> int:
         """Pick the codec from small samples: raw, zstd, or zstd of byte-shuffled data."""
         n = len(data)
+        if self._codec is None or n == 0:
+            return CODEC_RAW
         if n <= 2 * PROBE_SAMPLE_BYTES:
             samples = [data]
         else:  # beginning, middle and end: arrays often have headers or padding at one end
@@ -169,18 +171,20 @@ class ChunkCodec:
             return best_codec
         return CODEC_RAW
 
-    def encode(self, data: memoryview) -> tuple[ChunkInfo, object]:
-        """Return the chunk's info and the buffer to store (``data`` itself when raw)."""
+    def encode(self, data: memoryview, codec: int | None = None) -> tuple[ChunkInfo, object]:
+        """Return the chunk's info and the buffer to store (``data`` itself when raw).
+        ``codec``: what ``choose`` said for a chunk like this one (skips the probe); a codec
+        that does not shrink this chunk below KEEP_MAX_RATIO still falls back to raw."""
         digest = checksum(data)
-        if self._codec is not None and len(data) > 0:
-            codec = self._choose(data)
-            if codec != CODEC_RAW:
-                source = data if codec == CODEC_ZSTD else shuffle(data, codec - _SHUFFLE_BASE)
-                packed = self._codec.compress(source, asbytes=False)
-                if packed.size <= KEEP_MAX_RATIO * len(data):
-                    # A ResizableBuffer's memoryview spans its capacity, not its size.
-                    payload = memoryview(packed.slice(0, packed.size)).cast("B")
-                    return ChunkInfo(codec, packed.size, digest), payload
+        if codec is None:
+            codec = self.choose(data)
+        if codec != CODEC_RAW and self._codec is not None:
+            source = data if codec == CODEC_ZSTD else shuffle(data, codec - _SHUFFLE_BASE)
+            packed = self._codec.compress(source, asbytes=False)
+            if packed.size <= KEEP_MAX_RATIO * len(data):
+                # A ResizableBuffer's memoryview spans its capacity, not its size.
+                payload = memoryview(packed.slice(0, packed.size)).cast("B")
+                return ChunkInfo(codec, packed.size, digest), payload
         return ChunkInfo(CODEC_RAW, len(data), digest), data
 
     @staticmethod

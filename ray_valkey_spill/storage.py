@@ -14,6 +14,7 @@ verifying its checksum there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -53,6 +54,9 @@ logger = logging.getLogger("ray_valkey_spill")
 # batch never monopolises the server for long.
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_COMMANDS = 256
+# Chunks of one object reuse its codec verdict; every REPROBE_EVERY-th chunk is probed again
+# (32 MiB at the default chunk size), so a mixed object still gets each region's codec.
+REPROBE_EVERY = 8
 # Shedding costs a SCAN round (~40 ms), so free generously rather than once per chunk.
 SHED_MIN_BYTES = 32 * 1024 * 1024
 _RAY_HEADER_BYTES = 24  # Ray's own framing: three u64 lengths
@@ -190,7 +194,9 @@ class ValkeyStorage(ExternalStorage):
         failed_at = len(views)
         error: BaseException | None = None
         jobs = _plan_jobs(views, self.config.chunk_size_bytes)
-        with closing(self._run_bounded(pool, self._write_job, jobs)) as done:
+        choices: dict[int, int] = {}
+        write = functools.partial(self._write_job, choices=choices)
+        with closing(self._run_bounded(pool, write, jobs)) as done:
             for job, future in done:
                 try:
                     for (obj, chunk, _, _), info in zip(job.items, future.result()):
@@ -255,10 +261,19 @@ class ValkeyStorage(ExternalStorage):
                 if not future.cancelled():
                     future.exception()
 
-    def _write_job(self, job: _ChunkJob) -> list[ChunkInfo]:
+    def _write_job(self, job: _ChunkJob, choices: dict[int, int]) -> list[ChunkInfo]:
+        """Encode and SET a batch of chunks. ``choices`` (one per spill call, shared by the I/O
+        threads) holds each object's codec: the probe costs as much CPU as the checksum, so
+        the chunks of an object reuse its verdict, probing afresh every REPROBE_EVERY chunks
+        and after a chunk the chosen codec did not shrink."""
         infos, items = [], []
-        for _, _, key, view in job.items:
-            info, payload = self._codec.encode(view)
+        for obj, chunk, key, view in job.items:
+            codec = choices.get(obj) if chunk % REPROBE_EVERY else None
+            if codec is None:
+                codec = choices[obj] = self._codec.choose(view)
+            info, payload = self._codec.encode(view, codec)
+            if info.codec != codec:
+                choices.pop(obj, None)
             infos.append(info)
             items.append((key, payload))
         self._set_many(items)
