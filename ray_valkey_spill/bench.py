@@ -587,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                       default=str)
     if args.plot:
         plot(results, args.plot, f"ray-valkey-spill backend vs raw server, valkey "
-             f"{env.get('valkey_server')}, {env['cpus']} CPUs, {env['date_utc']}, "
+             f"{env.get('valkey_server')} ({env.get('transport')}), {env['cpus']} CPUs, "
+             f"{env['date_utc']}, "
              f"commit {str(env['git_commit'])[:12]}")
         print(f"plot written to {args.plot}")
     bad = [m for m in results.get("memory") or [] if not m["verified"]]

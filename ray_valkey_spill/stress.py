@@ -669,9 +669,9 @@ def git_commit() -> str | None:
     try:
         commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=5).stdout.strip()
-        # Changes under docs/ (result files of earlier runs) do not change what is measured.
+        # Documentation and result files of earlier runs do not change what is measured.
         dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no",
-                                "--", ":/", ":(exclude,top)docs"],
+                                "--", ":/", ":(exclude,top)docs", ":(exclude,top,glob)**/*.md"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
