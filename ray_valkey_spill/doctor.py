@@ -72,11 +72,17 @@ def _is_noperm(exc: BaseException) -> bool:
 
 
 class Doctor:
-    def __init__(self, config: SpillConfig, pings: int = DEFAULT_PINGS):
+    def __init__(self, config: SpillConfig, pings: int = DEFAULT_PINGS,
+                 admin: SpillConfig | None = None):
+        """``admin``: credentials to read the server's settings with when the spill user may
+        not run CONFIG GET (a least-privilege user); permissions are always checked as the
+        spill user."""
         self.config = config
+        self.admin = admin
         self.pings = pings
         self.checks: list[Check] = []
         self.client = None
+        self._admin_client = None
         self._scope = ""  # which cluster nodes the settings checks being added are about
 
     def add(self, check: str, status: str, detail: str, action: str = "") -> None:
@@ -85,14 +91,15 @@ class Doctor:
         self.checks.append(Check(check, status, detail, action))
 
     # -- connection ---------------------------------------------------------------------
-    def _client(self):
+    def _client(self, config: SpillConfig | None = None):
         import valkey
 
-        kwargs = connection_kwargs(self.config)
+        config = config or self.config
+        kwargs = connection_kwargs(config)
         kwargs.pop("retry", None)
         kwargs.pop("retry_on_error", None)
-        kwargs["socket_timeout"] = max(self.config.connect_timeout_s, 1.0)
-        if self.config.address.cluster:
+        kwargs["socket_timeout"] = max(config.connect_timeout_s, 1.0)
+        if config.address.cluster:
             from valkey.cluster import ValkeyCluster
 
             return ValkeyCluster(**kwargs)
@@ -105,7 +112,7 @@ class Doctor:
         try:
             self.check_version()
             self.check_latency()
-            groups = self.read_settings()
+            groups = self.read_settings(self._settings_client())
             for nodes, settings in groups:
                 if self.config.address.cluster:
                     self._scope = (f"all {len(nodes)} nodes" if len(groups) == 1
@@ -117,10 +124,12 @@ class Doctor:
             self.check_auth()
             self.check_acl()
         finally:
-            try:
-                self.client.close()
-            except Exception:  # noqa: BLE001
-                pass
+            for client in (self.client, self._admin_client):
+                try:
+                    if client is not None:
+                        client.close()
+                except Exception:  # noqa: BLE001
+                    pass
         return self.checks
 
     def check_transport(self) -> None:
@@ -230,12 +239,30 @@ class Doctor:
         else:
             self.add("latency", OK, detail)
 
-    def read_settings(self) -> list[tuple[list[str], dict]]:
+    def _settings_client(self):
+        """The spill user's client, or the admin's when admin credentials were given."""
+        if self.admin is None:
+            return self.client
+        import valkey
+
+        user = self.admin.user or "default"
+        try:
+            client = self._client(self.admin)
+            client.ping()
+        except (RayValkeySpillError, valkey.exceptions.ValkeyError, OSError) as exc:
+            self.add("admin", WARN, f"cannot connect as admin user {user}: {_err_text(exc)}; "
+                     "settings are read as the spill user", "check the --admin-* options")
+            return self.client
+        self.add("admin", OK, f"server settings read as ACL user {user}")
+        self._admin_client = client
+        return client
+
+    def read_settings(self, client) -> list[tuple[list[str], dict]]:
         """Every node's settings, grouped by value: ``[(node names, settings)]``, a single
         group when all nodes agree (and always for a standalone server)."""
         groups: dict[tuple, tuple[list[str], dict]] = {}
-        for name, client in each_node(self.client):
-            settings = self._node_settings(client)
+        for name, node_client in each_node(client):
+            settings = self._node_settings(node_client)
             same = tuple((k, _err_text(v) if isinstance(v, Exception) else v)
                          for k, v in settings.items())
             groups.setdefault(same, ([], settings))[0].append(name)
@@ -443,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--username", help="ACL user the spill backend uses")
     p.add_argument("--password-env", help="NAME of the environment variable holding the password")
     p.add_argument("--password-file", help="file holding the password")
+    p.add_argument("--admin-username", help="ACL user to read server settings with when the "
+                   "spill user may not run CONFIG GET (default: the default user)")
+    p.add_argument("--admin-password-env", help="NAME of the variable holding the admin password")
+    p.add_argument("--admin-password-file", help="file holding the admin password")
     p.add_argument("--chunk-size-bytes", type=int, help="the backend's chunk_size_bytes")
     p.add_argument("--ssl-ca-certs", help="CA bundle for valkeys:// URLs")
     p.add_argument("--ssl-certfile", help="client certificate (mutual TLS)")
@@ -453,6 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pings", type=int, default=DEFAULT_PINGS, help="PINGs for the latency check")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
+
+
+def admin_config_from_args(args) -> SpillConfig | None:
+    """The spill user's config with the --admin-* credentials instead, if any were given."""
+    if not (args.admin_username or args.admin_password_env or args.admin_password_file):
+        return None
+    admin = argparse.Namespace(**vars(args))
+    admin.username = args.admin_username
+    admin.password_env, admin.password_file = args.admin_password_env, args.admin_password_file
+    return config_from_args(admin)
 
 
 def config_from_args(args) -> SpillConfig:
@@ -479,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         if args.pings < 1:
             raise RayValkeySpillError("--pings must be at least 1")
-        checks = Doctor(config, pings=args.pings).run()
+        checks = Doctor(config, pings=args.pings, admin=admin_config_from_args(args)).run()
     except RayValkeySpillError as exc:
         print(f"ray-valkey-spill doctor: {exc}", file=sys.stderr)
         return 2

@@ -248,6 +248,31 @@ def test_doctor_least_privilege_user_passes_the_acl_check(locked_server, monkeyp
     assert "ACL SETUSER" in checks["acl"]["action"]
 
 
+def test_doctor_reads_settings_as_admin_when_the_spill_user_may_not(locked_server, monkeypatch,
+                                                                    capsys):
+    server, admin, _, _, prefix = locked_server
+    password = "noconfig-" + uuid.uuid4().hex
+    admin.execute_command("ACL", "SETUSER", "noconfig", "reset", "on", f">{password}",
+                          f"~{prefix}*", "+@read", "+@write", "+@keyspace", "+@connection",
+                          "-@dangerous")
+    monkeypatch.setenv("RVS_TEST_NOCONFIG_PASSWORD", password)
+    monkeypatch.setenv("RVS_TEST_ADMIN_PASSWORD",
+                       admin.connection_pool.connection_kwargs["password"])
+    spill_user = ["--url", server.url, "--prefix", prefix, "--username", "noconfig",
+                  "--password-env", "RVS_TEST_NOCONFIG_PASSWORD"]
+    _, checks = _doctor(spill_user, capsys)
+    assert checks["maxmemory"]["status"] == "WARN"
+    assert "no permission to run CONFIG GET" in checks["maxmemory"]["detail"]
+    _, checks = _doctor(spill_user + ["--admin-password-env", "RVS_TEST_ADMIN_PASSWORD"], capsys)
+    assert checks["admin"]["status"] == "OK" and "default" in checks["admin"]["detail"]
+    assert checks["maxmemory-policy"]["status"] == "OK"
+    assert "volatile-lru" in checks["maxmemory-policy"]["detail"]
+    assert checks["acl"]["status"] == "OK", checks["acl"]  # permissions: still the spill user
+    _, checks = _doctor(spill_user + ["--admin-password-env", "RVS_TEST_NOCONFIG_PASSWORD"],
+                        capsys)
+    assert checks["admin"]["status"] == "WARN"  # wrong admin password: said, not fatal
+
+
 def test_doctor_errors_on_missing_permissions(locked_server, monkeypatch, capsys):
     server, admin, _, _, prefix = locked_server
     weak_password = "weakpw-" + uuid.uuid4().hex
