@@ -32,6 +32,7 @@ SPILL_SAFE_SETTINGS: dict[str, str] = {
 
 
 TRANSPORTS = ("unix", "tcp")
+MAX_UNIX_SOCKET_PATH = 100  # bytes; the kernel's sun_path holds 107 and a NUL
 
 
 def valkey_server_binary() -> str:
@@ -56,6 +57,11 @@ class EmbeddedValkey:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="rvs-valkey-")
         self.unix_socket = os.path.join(self.data_dir, "valkey.sock")
+        self._socket_dir = None
+        if len(os.fsencode(self.unix_socket)) > MAX_UNIX_SOCKET_PATH:
+            # A deep data_dir (a long TMPDIR) would not fit: a private short directory instead.
+            self._socket_dir = tempfile.mkdtemp(prefix="rvs-", dir="/tmp")
+            self.unix_socket = os.path.join(self._socket_dir, "valkey.sock")
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen | None = None
         self.start()
@@ -147,6 +153,8 @@ class EmbeddedValkey:
                 self.kill()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def __enter__(self) -> "EmbeddedValkey":
         return self

@@ -128,6 +128,17 @@ def test_spilling_over_the_embedded_servers_unix_socket(valkey_server, valkey_cl
     assert not scan_keys(valkey_client, prefix + "*")
 
 
+def test_embedded_server_socket_fits_under_a_deep_data_dir(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    with EmbeddedValkey(data_dir=str(deep)) as server:
+        assert len(os.fsencode(server.unix_socket)) <= 100
+        import valkey
+
+        assert valkey.Valkey.from_url(server.unix_url).ping()
+    assert not os.path.exists(server.unix_socket)
+
+
 def _stored_bytes(client, prefix):
     return sum(client.strlen(k) for k in object_keys(client, prefix))
 
