@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Mapping
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, ConfigError
 
 SPILL_SAFE_SETTINGS: dict[str, str] = {
     "maxmemory-policy": "volatile-lru",
@@ -77,7 +77,7 @@ class EmbeddedValkey:
     def url_for(self, transport: str) -> str:
         """The URL for ``transport``: one of TRANSPORTS."""
         if transport not in TRANSPORTS:
-            raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+            raise ConfigError("transport", transport, f"one of {', '.join(TRANSPORTS)}")
         return self.unix_url if transport == "unix" else self.url
 
     @property
