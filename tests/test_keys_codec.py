@@ -113,6 +113,19 @@ def test_manifest_round_trip_and_corruption():
         Manifest.decode(data[:-3], "k")
 
 
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("extra", [0, 1, 7])
+def test_unshuffle_inverts_shuffle(width, extra):
+    from ray_valkey_spill.codec import shuffle, unshuffle_into
+
+    data = np.random.default_rng(width + extra).bytes(width * 1000 + extra)
+    shuffled = shuffle(memoryview(data), width)
+    assert shuffled[:1000].tobytes() == data[0:width * 1000:width]  # plane 0 first
+    target = bytearray(len(data))
+    unshuffle_into(shuffled, memoryview(target), width)
+    assert bytes(target) == data
+
+
 @pytest.mark.parametrize("dtype,width", [(np.int64, 8), (np.int32, 4)])
 def test_token_ids_are_byte_shuffled_and_restore_exactly(dtype, width):
     from ray_valkey_spill.codec import SHUFFLE_WIDTHS
