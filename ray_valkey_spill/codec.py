@@ -232,7 +232,15 @@ def unshuffle_into(shuffled, target: memoryview, width: int) -> None:
     dst = np.frombuffer(target, np.uint8)
     body = len(src) - len(src) % width
     planes, elements = src[:body].reshape(width, -1), dst[:body].reshape(-1, width)
-    if width < 8:
+    # Small integers (token ids) leave whole planes zero: clear the target and copy only the
+    # others (2x faster for int64 token ids). The sample rules most planes out cheaply.
+    zero = [not planes[k][:4096].any() and not planes[k].any() for k in range(width)]
+    if any(zero):
+        dst[:body] = 0
+        for k in range(width):
+            if not zero[k]:
+                elements[:, k] = planes[k]
+    elif width < 8:
         # Plane by plane (contiguous reads, strided writes): measured 2.2x (width 4) and 4.6x
         # (width 2) faster than numpy's transposed copy, which stays ahead for width 8.
         for k in range(width):

@@ -118,12 +118,15 @@ def test_manifest_round_trip_and_corruption():
 def test_unshuffle_inverts_shuffle(width, extra):
     from ray_valkey_spill.codec import shuffle, unshuffle_into
 
-    data = np.random.default_rng(width + extra).bytes(width * 1000 + extra)
-    shuffled = shuffle(memoryview(data), width)
-    assert shuffled[:1000].tobytes() == data[0:width * 1000:width]  # plane 0 first
-    target = bytearray(len(data))
-    unshuffle_into(shuffled, memoryview(target), width)
-    assert bytes(target) == data
+    rng = np.random.default_rng(width + extra)
+    noise = rng.bytes(width * 1000 + extra)
+    small = rng.integers(0, 200, 1000, dtype=f"<u{width}").tobytes() + noise[:extra]  # zero planes
+    for data in (noise, small):
+        shuffled = shuffle(memoryview(data), width)
+        assert shuffled[:1000].tobytes() == data[0:width * 1000:width]  # plane 0 first
+        target = bytearray(b"\xff" * len(data))  # stale bytes must not survive
+        unshuffle_into(shuffled, memoryview(target), width)
+        assert bytes(target) == data
 
 
 @pytest.mark.parametrize("dtype,width", [(np.int64, 8), (np.int32, 4)])
