@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger("ray_valkey_spill")
 
@@ -122,6 +122,18 @@ def _inc(metrics: dict[str, Any], name: str, value: float, tags: dict | None = N
         metrics[name].inc(value, tags=tags)
 
 
+def _record(update: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``update`` to the metric objects; a no-op until Ray is connected, and a failing
+    update switches metrics off (logged once) instead of failing a spill or a cache call."""
+    metrics = _registry.get()
+    if metrics is None:
+        return
+    try:
+        update(metrics)
+    except Exception as exc:  # noqa: BLE001
+        _registry.failed(exc)
+
+
 class SpillMetrics:
     """What ``ValkeyStorage`` records. Every method is a cheap no-op until Ray is connected."""
 
@@ -129,51 +141,33 @@ class SpillMetrics:
                 seconds: float) -> None:
         """One successful spill call: ``objects`` spilled, their size as Ray counts it
         (``original_bytes``), the bytes written to Valkey for them (``stored_bytes``)."""
-        metrics = _registry.get()
-        if metrics is None:
-            return
-        try:
+        def update(metrics):
             _inc(metrics, "spilled_objects", objects)
             _inc(metrics, "spilled_bytes", original_bytes)
             _inc(metrics, "spilled_stored_bytes", stored_bytes)
             metrics["spill_seconds"].observe(max(0.0, float(seconds)))
-        except Exception as exc:  # noqa: BLE001
-            _registry.failed(exc)
+        _record(update)
 
     def restored(self, objects: int, original_bytes: int, seconds: float) -> None:
         """Objects restored in ``seconds`` (one per call from Ray: one histogram sample)."""
-        metrics = _registry.get()
-        if metrics is None:
-            return
-        try:
+        def update(metrics):
             _inc(metrics, "restored_objects", objects)
             _inc(metrics, "restored_bytes", original_bytes)
             metrics["restore_seconds"].observe(max(0.0, float(seconds)))
-        except Exception as exc:  # noqa: BLE001
-            _registry.failed(exc)
+        _record(update)
 
     def deleted(self, objects: int, original_bytes: int = 0) -> None:
-        metrics = _registry.get()
-        if metrics is None:
-            return
-        try:
+        def update(metrics):
             _inc(metrics, "deleted_objects", objects)
             _inc(metrics, "deleted_bytes", original_bytes)
-        except Exception as exc:  # noqa: BLE001
-            _registry.failed(exc)
+        _record(update)
 
     def error(self, operation: str, kind: str | BaseException) -> None:
         """A failed ``operation`` (spill/restore/delete); ``kind`` is the exception (class name
         is used) or its class name. Keep kinds to class names: each is one Prometheus series."""
-        metrics = _registry.get()
-        if metrics is None:
-            return
-        try:
-            if isinstance(kind, BaseException):
-                kind = type(kind).__name__
-            metrics["errors"].inc(1, tags={"operation": str(operation), "kind": str(kind)})
-        except Exception as exc:  # noqa: BLE001
-            _registry.failed(exc)
+        name = type(kind).__name__ if isinstance(kind, BaseException) else str(kind)
+        _record(lambda metrics: metrics["errors"].inc(
+            1, tags={"operation": str(operation), "kind": name}))
 
 
 class CacheMetrics:
@@ -185,15 +179,8 @@ class CacheMetrics:
         self._tags = {"cache": str(cache)}
 
     def _add(self, name: str, n: int) -> None:
-        if n <= 0:
-            return
-        metrics = _registry.get()
-        if metrics is None:
-            return
-        try:
-            metrics[name].inc(n, tags=self._tags)
-        except Exception as exc:  # noqa: BLE001
-            _registry.failed(exc)
+        if n > 0:
+            _record(lambda metrics: metrics[name].inc(n, tags=self._tags))
 
     def hit(self, n: int = 1) -> None:
         self._add("cache_hits", n)

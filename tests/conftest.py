@@ -59,6 +59,22 @@ def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2) -> boo
     return bool(predicate())
 
 
+def spill_and_restore(ray, client, prefix: str, what: str, seed: int) -> None:
+    """Put 128 MiB through a 100 MiB object store, wait until a manifest lands under
+    ``prefix`` (seen through ``client``), then get every array back byte for byte."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 256, 8 * MiB, dtype=np.uint8) for _ in range(16)]
+    refs = [ray.put(a) for a in arrays]
+    deadline = time.monotonic() + 30
+    while not any(k.endswith(b":m") for k in scan_keys(client, prefix + "*")):
+        assert time.monotonic() < deadline, f"nothing was spilled {what}"
+        time.sleep(0.1)
+    for ref, a in zip(refs, arrays):
+        assert np.array_equal(ray.get(ref, timeout=60), a)
+
+
 def start_ray(url: str, object_store_mib: int = 100, num_cpus: int = 2, **options):
     """Start a local Ray whose object store spills to ``url``."""
     import ray

@@ -12,13 +12,11 @@ import binascii
 import glob
 import os
 import re
-import time
 import uuid
 
-import numpy as np
 import pytest
 
-from conftest import MiB
+from conftest import MiB, spill_and_restore
 from ray_valkey_spill import EmbeddedValkey, spilling_config
 from ray_valkey_spill.config import SpillConfig, parse_spilling_config
 from ray_valkey_spill.connection import close_all, connect
@@ -106,15 +104,7 @@ def test_ray_spills_with_password_env_and_leaks_it_nowhere(locked_server, monkey
     try:
         logs_dir = ray._private.worker._global_node.get_logs_dir_path()
         session_dir = ray._private.worker._global_node.get_session_dir_path()
-        rng = np.random.default_rng(5)
-        arrays = [rng.integers(0, 256, 8 * MiB, dtype=np.uint8) for _ in range(16)]
-        refs = [ray.put(a) for a in arrays]
-        deadline = time.monotonic() + 30
-        while not any(k.endswith(b":m") for k in scan_keys(admin, prefix + "*")):
-            assert time.monotonic() < deadline, "nothing was spilled with the ACL user"
-            time.sleep(0.1)
-        for ref, a in zip(refs, arrays):
-            assert np.array_equal(ray.get(ref, timeout=60), a)
+        spill_and_restore(ray, admin, prefix, "with the ACL user", seed=5)
 
         # While Ray (and its spill/restore workers) run: no command line shows the password.
         cmdlines = _all_cmdlines()

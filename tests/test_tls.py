@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import MiB
+from conftest import MiB, spill_and_restore
 from ray_valkey_spill import EmbeddedValkey, spilling_config
 from ray_valkey_spill.config import SpillConfig
 from ray_valkey_spill.connection import close_all, connect
@@ -218,7 +218,6 @@ def test_doctor_reports_tls(tls, capsys):
 
 def test_ray_spills_and_restores_through_tls(tls):
     """Bonus: a real local Ray spilling over mutual TLS with hostname verification."""
-    import numpy as np
     import ray
 
     from ray_valkey_spill.keyspace import scan_keys
@@ -233,15 +232,7 @@ def test_ray_spills_and_restores_through_tls(tls):
                  "min_spilling_size": 0})
     plain = tls["server"].client()
     try:
-        rng = np.random.default_rng(3)
-        arrays = [rng.integers(0, 256, 8 * MiB, dtype=np.uint8) for _ in range(16)]
-        refs = [ray.put(a) for a in arrays]
-        deadline = time.monotonic() + 30
-        while not any(k.endswith(b":m") for k in scan_keys(plain, prefix + "*")):
-            assert time.monotonic() < deadline, "nothing was spilled through TLS"
-            time.sleep(0.1)
-        for ref, a in zip(refs, arrays):
-            assert np.array_equal(ray.get(ref, timeout=60), a)
+        spill_and_restore(ray, plain, prefix, "through TLS", seed=3)
     finally:
         ray.shutdown()
         for k in scan_keys(plain, prefix + "*"):
