@@ -10,8 +10,8 @@ is alive, and a per-node rule would destroy them. A session is *live* when any o
 heartbeat keys (``<prefix><session>:<node>:hb``, the unix time of the last beat, rewritten
 every 30 s by every spill/restore IO worker) is younger than ``--grace-s``.
 
-**Sessions without any heartbeat.** An IO worker starts its heartbeat thread before its first
-spill, but the first beat can lose the race with that spill, or fail while the server is
+**Sessions without any heartbeat.** An IO worker starts its heartbeat thread at its first
+spill or restore, but the first beat can lose the race with that spill, or fail while the server is
 unreachable; keys written by an older version carry no heartbeat at all. Treating "no
 heartbeat" as "dead" would delete the objects of a session that started a second ago, and
 treating it as "live" would leak forever. So such a session is judged by its keys: it is

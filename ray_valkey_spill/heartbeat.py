@@ -2,9 +2,14 @@
 
 A stamp is ``<prefix><session>:<node>:hb`` holding the unix time of the last beat, with NO
 TTL: under ``volatile-lru`` a TTL would make it evictable, and an evicted stamp would make gc
-take a live session for dead. Spill/restore IO workers stamp their node; the process that
-started the session with ``ray.init()`` stamps ``<session>:driver:hb``, because a session whose
-spilling nodes died may still own restorable objects while no IO worker runs anywhere.
+take a live session for dead. The process that started the session with ``ray.init()`` stamps
+``<session>:driver:hb``, because a session whose spilling nodes died may still own restorable
+objects while no IO worker runs anywhere.
+
+An IO worker stamps its node from its first spill or restore on, and only refreshes a stamp that
+exists: ``ray.shutdown()`` removes the node's keys (stamp included) while its IO workers are
+still alive, and a later beat, or a worker Ray starts at shutdown to delete objects, must not
+bring the stamp back with nothing left to guard. The next spill or restore writes it again.
 """
 
 from __future__ import annotations
@@ -31,29 +36,49 @@ def heartbeat_interval_s() -> float:
 
 
 class Heartbeat:
-    """A daemon thread writing ``key`` every ``interval_s`` until stopped."""
+    """A daemon thread writing ``key`` every ``interval_s`` until stopped.
 
-    def __init__(self, client: Callable[[], object], key: str, interval_s: float | None = None):
+    ``refresh_only``: after the first successful beat, only overwrite an existing stamp, and
+    stop when it is gone (someone removed the node's keys); ``start()`` begins again."""
+
+    def __init__(self, client: Callable[[], object], key: str, interval_s: float | None = None,
+                 *, refresh_only: bool = False):
         self._client = client
         self.key = key
         self._interval_s = heartbeat_interval_s() if interval_s is None else interval_s
+        self._refresh_only = refresh_only
         self._stop = threading.Event()
         self._lock = threading.Lock()  # a beat never lands after stop_and_remove()
+        self._running = False
 
     def start(self) -> "Heartbeat":
+        """Start beating unless already running (cheap enough to call before every spill)."""
+        with self._lock:
+            if self._running or self._stop.is_set():
+                return self
+            self._running = True
         threading.Thread(target=self._run, name="valkey-spill-heartbeat", daemon=True).start()
         return self
 
     def _run(self) -> None:
+        written = False
         while not self._stop.is_set():
             with self._lock:
                 if self._stop.is_set():
-                    return
+                    break
                 try:
-                    self._client().set(self.key, str(int(time.time())))
+                    stamp = str(int(time.time()))
+                    only_existing = self._refresh_only and written
+                    if self._client().set(self.key, stamp, xx=only_existing) or not only_existing:
+                        written = True
+                    else:  # the stamp was removed with the node's keys: do not bring it back
+                        self._running = False
+                        return
                 except Exception as exc:  # noqa: BLE001 - the next beat retries
                     logger.debug("heartbeat %s failed: %s", self.key, exc)
             self._stop.wait(self._interval_s)
+        with self._lock:
+            self._running = False
 
     def stop_and_remove(self) -> None:
         with self._lock:

@@ -132,10 +132,12 @@ class ValkeyStorage(ExternalStorage):
         self._executor: ThreadPoolExecutor | None = None
         self._client = None
         self._checked = False
+        self._heartbeat: Heartbeat | None = None
         if _in_io_worker():
             _log_like_ray()
-            Heartbeat(lambda: self.client,
-                      K.heartbeat_key(self.config.prefix, session_name, node_id)).start()
+            self._heartbeat = Heartbeat(
+                lambda: self.client, K.heartbeat_key(self.config.prefix, session_name, node_id),
+                refresh_only=True)
         # Ray validates by building a storage and destroying it at once; that destroy must not
         # stop the session's driver heartbeat, the one at ray.shutdown() must.
         self._validating = check_server_now
@@ -165,6 +167,12 @@ class ValkeyStorage(ExternalStorage):
                                                     thread_name_prefix="valkey-spill")
             return self._executor
 
+    def _stamp_node(self) -> None:
+        # A node that spills or restores keeps its session alive for gc. Not from __init__:
+        # Ray also starts IO workers at shutdown (to delete), after the node's keys are gone.
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+
     # -- spill ------------------------------------------------------------------------------
     def spill_objects(self, object_refs, owner_addresses) -> list[bytes]:
         try:
@@ -178,6 +186,7 @@ class ValkeyStorage(ExternalStorage):
             return []
         started = time.perf_counter()
         pool = self._pool()
+        self._stamp_node()
         objects = self._get_objects_from_store(object_refs)
         bases, views, sizes = [], [], []
         for ref, (buf, metadata, _), owner in zip(object_refs, objects, owner_addresses):
@@ -320,6 +329,7 @@ class ValkeyStorage(ExternalStorage):
 
     # -- restore ----------------------------------------------------------------------------
     def restore_spilled_objects(self, object_refs, url_with_offset_list) -> int:
+        self._stamp_node()
         total = 0
         for ref, url in zip(object_refs, url_with_offset_list):
             started = time.perf_counter()

@@ -339,6 +339,40 @@ def test_heartbeat_that_comes_back_stops_the_deletion(server, capsys):
     client.close()
 
 
+def test_a_removed_worker_stamp_is_not_brought_back_until_the_next_spill(server):
+    """``ray.shutdown()`` removes a node's keys while its IO workers still beat; a beat after
+    that must not leave a stamp behind (the flaky leftover ``...:hb`` this guards against)."""
+    from ray_valkey_spill.heartbeat import Heartbeat
+
+    client = server.client()
+    key = "ray:hbtest:session_x:node_y:hb"
+    beat = Heartbeat(lambda: client, key, interval_s=0.05, refresh_only=True)
+    try:
+        beat.start()
+        assert _wait_until(lambda: client.exists(key)), "the first beat never landed"
+        client.unlink(key)  # what destroy_external_storage does
+        time.sleep(0.5)  # ten beat intervals
+        assert not client.exists(key), "a beat brought the removed stamp back"
+        beat.start()  # the next spill
+        assert _wait_until(lambda: client.exists(key)), "the next spill did not stamp again"
+        first = client.get(key)
+        client.set(key, b"0")
+        assert _wait_until(lambda: client.get(key) != b"0"), "a running beat stopped refreshing"
+        assert int(first) > 0
+    finally:
+        beat.stop_and_remove()
+    assert not client.exists(key)
+
+
+def _wait_until(predicate, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 @pytest.mark.parametrize("beats,min_idle,idle_unknown,expected", [
     ([990.0], 50.0, False, "keep: live"),              # a fresh beat wins over everything
     ([990.0, 100.0], None, True, "keep: live"),        # one live node keeps the whole session
