@@ -52,7 +52,13 @@ def connection_kwargs(config: SpillConfig) -> dict[str, Any]:
         socket_timeout=config.socket_timeout_s,
         socket_connect_timeout=config.connect_timeout_s,
         socket_keepalive=True,
-        health_check_interval=30,
+        # No PING health checks: in valkey-py a new connection's handshake runs one, and when
+        # the server does not answer, the retry reconnects and handshakes again, recursing
+        # (redis-py #2866, #3745): against a paused server a command took 63 s and ended in
+        # RecursionError instead of one timeout. A dead pooled connection fails its next
+        # command, which the Retry below reconnects and repeats (all our commands are
+        # idempotent).
+        health_check_interval=0,
         retry=Retry(EqualJitterBackoff(cap=2.0, base=0.05), config.retries),
         retry_on_error=[valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError,
                         valkey.exceptions.BusyLoadingError],

@@ -253,6 +253,62 @@ def test_paused_server_spill_is_bounded_not_per_batch(private_server):
     assert restore(storage, "ad09", urls["ad09"]) == b"y" * (3 * MiB)
 
 
+def test_a_new_connection_to_a_paused_server_fails_within_the_timeouts(private_server):
+    """With valkey-py's PING health checks on, a connection made while the server does not
+    answer recursed through handshake and retry for a minute, then raised RecursionError."""
+    close_all()
+    client = connect(private_server.url, **FAST_FAIL)
+    private_server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception) as info:
+            client.set("ray:paused-probe", b"x")
+        elapsed = time.monotonic() - started
+    finally:
+        private_server.resume()
+    assert not isinstance(info.value, RecursionError)
+    assert elapsed < ONE_COMMAND_BOUND_S + CONNECT_TIMEOUT_S + 1.0, elapsed
+    assert client.set("ray:paused-probe", b"x")  # and it works once the server answers
+
+
+def test_partial_keys_of_a_failed_spill_are_removed_once_the_server_answers(private_server):
+    """A spill that fails half-way cannot remove its chunks while the server does not answer,
+    and commands a paused server had buffered still run when it resumes. Those chunks (no
+    manifest: never restorable) must go with the next successful spill, not stay until the
+    session ends."""
+    prefix = unique_prefix("orph")
+    client = private_server.client()
+    storage = make_storage(private_server.url, prefix, chunk_size_bytes=256 * 1024,
+                           connections=2, compression="none", **FAST_FAIL)
+    spill(storage, {"ae10": b"w" * 1000})  # connect and check while the server answers
+    written = threading.Event()
+
+    def pause_once_chunks_land():
+        while not written.is_set():
+            if any(not k.endswith(b":m") and b"af11" in k for k in scan_keys(client, prefix + "*")):
+                private_server.pause()
+                written.set()
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=pause_once_chunks_land, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(SpillError):
+            spill(storage, {"af11": os.urandom(64 * MiB)})
+    finally:
+        written.set()
+        watcher.join()
+        private_server.resume()
+    time.sleep(0.5)  # what the paused server had buffered runs now
+    assert any(b"af11" in k for k in scan_keys(client, prefix + "*")), \
+        "no chunk of the failed spill reached the server: the test proves nothing"
+    urls = spill(storage, {"b012": b"z" * (2 * MiB)})
+    left = sorted(k for k in scan_keys(client, prefix + "*") if b"af11" in k)
+    assert not left, f"{len(left)} keys of the failed spill left behind, e.g. {left[:3]}"
+    assert restore(storage, "b012", urls["b012"]) == b"z" * (2 * MiB)
+    client.close()
+
+
 def test_client_pool_honours_each_configs_timeouts(private_server):
     """connect() shares one client per server; two configs with different timeouts must not."""
     fast = connect(private_server.url, socket_timeout_s=0.5, retries=0)
