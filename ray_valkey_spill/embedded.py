@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .errors import BackendUnavailableError, ConfigError
 
@@ -51,7 +51,13 @@ class EmbeddedValkey:
     """Context manager around a private valkey-server process. ``.url`` is where it listens."""
 
     def __init__(self, port: int | None = None, config: Mapping[str, str] | None = None,
-                 data_dir: str | None = None, startup_timeout_s: float = 10.0):
+                 data_dir: str | None = None, startup_timeout_s: float = 10.0,
+                 host: str = "127.0.0.1", launcher: Sequence[str] = ()):
+        """``host``: the address to bind (loopback by default; protected mode then refuses
+        other addresses unless ``config`` sets ``requirepass``). ``launcher``: a command
+        prefix, e.g. ``ip netns exec NAME`` to run the server in a network namespace."""
+        self.host = host
+        self.launcher = tuple(launcher)
         self.port = port or free_port()
         self.settings = {**SPILL_SAFE_SETTINGS, **(config or {})}
         self._own_dir = data_dir is None
@@ -68,7 +74,7 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
-        return f"valkey://127.0.0.1:{self.port}/0"
+        return f"valkey://{self.host}:{self.port}/0"
 
     @property
     def unix_url(self) -> str:
@@ -85,7 +91,7 @@ class EmbeddedValkey:
         return os.path.join(self.data_dir, "valkey.log")
 
     def _write_config(self) -> str:
-        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.data_dir}",
+        lines = [f"port {self.port}", f"bind {self.host}", f"dir {self.data_dir}",
                  f"logfile {self.logfile}", "daemonize no",
                  f"unixsocket {self.unix_socket}", "unixsocketperm 700"]
         lines += [f"{k} {v}" for k, v in self.settings.items()]
@@ -99,7 +105,7 @@ class EmbeddedValkey:
         if self.process is not None and self.process.poll() is None:
             return
         conf = self._write_config()
-        self.process = subprocess.Popen([valkey_server_binary(), conf],
+        self.process = subprocess.Popen([*self.launcher, valkey_server_binary(), conf],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
@@ -115,7 +121,7 @@ class EmbeddedValkey:
 
     def _answers_ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
                 reply = s.recv(64)
                 # -LOADING while a persisted data set loads; -NOAUTH once a password is set
@@ -126,7 +132,7 @@ class EmbeddedValkey:
     def client(self, **kwargs):
         import valkey
 
-        return valkey.Valkey(host="127.0.0.1", port=self.port, **kwargs)
+        return valkey.Valkey(host=self.host, port=self.port, **kwargs)
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing answers."""

@@ -59,9 +59,6 @@ BATCH_COMMANDS = 256
 REPROBE_EVERY = 8
 # Shedding costs a SCAN round (~40 ms), so free generously rather than once per chunk.
 SHED_MIN_BYTES = 32 * 1024 * 1024
-# Partial objects of failed spills whose removal is retried; beyond this, the oldest are left
-# to ray.shutdown() (which removes the node's keys) or to gc once the session is gone.
-MAX_PENDING_PARTIAL = 10_000
 _RAY_HEADER_BYTES = 24  # Ray's own framing: three u64 lengths
 # In cluster mode a dead primary is replaced by its replica only after cluster-node-timeout
 # (default 15 s) plus an election: transient cluster faults are retried for about this long.
@@ -132,7 +129,7 @@ class ValkeyStorage(ExternalStorage):
         K.node_pattern(self.config.prefix, session_name, node_id)  # validates both names
         self._codec = ChunkCodec(self.config.compression, self.config.zstd_level)
         self._lock = threading.Lock()
-        self._partial: list[tuple[str, int]] = []  # (base key, chunk count) still to remove
+        self._leftovers = _LeftoverChunks()
         self._executor: ThreadPoolExecutor | None = None
         self._client = None
         self._checked = False
@@ -233,7 +230,8 @@ class ValkeyStorage(ExternalStorage):
         except Exception as exc:  # noqa: BLE001
             failed_at, error, urls = 0, exc, []
         if error is not None:
-            self._remove_partial([(bases[i], len(infos[i])) for i in range(failed_at, len(views))])
+            self._leftovers.add([(bases[i], len(infos[i])) for i in range(failed_at, len(views))])
+            self._remove_leftovers()
             logger.error("spill to %s failed at object %d of %d (%s); %d objects spilled, "
                          "the rest stay in memory and Ray retries them",
                          self.config.address.display(), failed_at, len(views), error, len(urls))
@@ -241,8 +239,8 @@ class ValkeyStorage(ExternalStorage):
                 raise SpillError(f"spilling {len(views)} objects to "
                                  f"{self.config.address.display()} failed: {error}") from error
             spill_metrics().error("spill", error)
-        elif self._partial:  # the server answers again: finish removing earlier failures
-            self._remove_partial([])
+        else:  # the server answers: remove what earlier failed spills left
+            self._remove_leftovers()
         stored = sum(i.stored_len for obj in infos[:len(urls)] for i in obj)
         spill_metrics().spilled(len(urls), sum(sizes[:len(urls)]),
                                 stored + sum(len(m) for _, m in manifests),
@@ -486,26 +484,14 @@ class ValkeyStorage(ExternalStorage):
             raise
         spill_metrics().deleted(len(doomed), freed)
 
-    def _remove_partial(self, objects: list[tuple[str, int]]) -> None:
-        """Remove the chunks of objects whose spill failed (no manifest: never restorable).
-
-        The server that failed the spill often fails this too, and a server that was paused
-        or cut off still runs the writes it had received once it answers again, after any
-        removal sent meanwhile. So they are removed again after the next successful spill;
-        otherwise they would stay until the session ends."""
-        with self._lock:
-            pending, self._partial = self._partial + objects, []
-        try:
-            self._remove(pending)
-        except Exception as exc:  # noqa: BLE001 - kept for the next successful spill
-            with self._lock:
-                self._partial = (pending + self._partial)[-MAX_PENDING_PARTIAL:]
-            logger.error("could not remove the keys of %d partly spilled objects (%s); "
-                         "retrying after the next successful spill", len(pending), exc)
-            return
-        if objects:  # a failed spill: its late writes may still land; remove once more later
-            with self._lock:
-                self._partial = (objects + self._partial)[-MAX_PENDING_PARTIAL:]
+    def _remove_leftovers(self) -> None:
+        due = self._leftovers.due()
+        if due:
+            try:
+                self._remove(due)
+            except Exception as exc:  # noqa: BLE001 - retried after the next successful spill
+                logger.error("could not remove the keys of %d partly spilled objects (%s); "
+                             "retrying after the next successful spill", len(due), exc)
 
     def _remove(self, objects: list[tuple[str, int]]) -> None:
         unlink_keys(self.client, [k for base, n in objects for k in K.object_keys(base, n)])
@@ -526,6 +512,39 @@ class ValkeyStorage(ExternalStorage):
             logger.info("removed %d spilled keys matching %s", removed, pattern)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+
+class _LeftoverChunks:
+    """Chunks of failed spills (no manifest, so never restorable) still to be removed.
+
+    The server that failed a spill often fails the removal too, and a server that was paused
+    or cut off still runs the writes it had buffered, or that TCP retransmits, when it answers
+    again: after any removal sent meanwhile. So a failed object is removed again after each
+    later successful spill for RECHECK_S (one pipelined UNLINK, small beside a spill);
+    otherwise its chunks would stay until the session ends."""
+
+    RECHECK_S = 600.0  # longer than Linux retransmits the data of a closed connection
+    MAX_OBJECTS = 10_000  # beyond this the oldest are left to ray.shutdown() or gc
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._until: dict[tuple[str, int], float] = {}  # (base key, chunks) -> monotonic time
+
+    def add(self, objects: list[tuple[str, int]]) -> None:
+        until = time.monotonic() + self.RECHECK_S
+        with self._lock:
+            for obj in objects:
+                self._until[obj] = until
+            while len(self._until) > self.MAX_OBJECTS:
+                del self._until[next(iter(self._until))]
+
+    def due(self) -> list[tuple[str, int]]:
+        """The objects to remove (again) now."""
+        with self._lock:
+            if self._until:
+                t = time.monotonic()
+                self._until = {obj: u for obj, u in self._until.items() if u > t}
+            return list(self._until)
 
 
 class _ObjectReader:

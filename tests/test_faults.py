@@ -309,6 +309,21 @@ def test_partial_keys_of_a_failed_spill_are_removed_once_the_server_answers(priv
     client.close()
 
 
+def test_leftover_chunks_are_rechecked_for_a_while_then_forgotten(monkeypatch):
+    """The bookkeeping behind the test above (no server): expiry and the size cap."""
+    from ray_valkey_spill.storage import _LeftoverChunks
+
+    leftovers = _LeftoverChunks()
+    monkeypatch.setattr(leftovers, "MAX_OBJECTS", 3)
+    leftovers.add([("a", 1), ("b", 2)])
+    leftovers.add([("c", 1), ("d", 4)])
+    assert leftovers.due() == [("b", 2), ("c", 1), ("d", 4)]  # the oldest went over the cap
+    assert leftovers.due() == [("b", 2), ("c", 1), ("d", 4)]  # still due: not removed on read
+    monkeypatch.setattr(leftovers, "RECHECK_S", -1.0)
+    leftovers.add([("e", 1)])  # already past its recheck time
+    assert ("e", 1) not in leftovers.due()
+
+
 def test_client_pool_honours_each_configs_timeouts(private_server):
     """connect() shares one client per server; two configs with different timeouts must not."""
     fast = connect(private_server.url, socket_timeout_s=0.5, retries=0)
