@@ -40,7 +40,8 @@ keys that do not have the exact shape this backend writes are never touched.
 Usage::
 
     ray-valkey-spill gc --url valkey://host:6379/0 [--prefix ray:] [--grace-s 600]
-                        [--password-env VAR] [--username USER] [--yes] [--json]
+                        [--password-env VAR] [--username USER] [--ray-address HOST:PORT]
+                        [--yes] [--json]
 
 ``--dry-run`` is the default; ``--yes`` deletes. Exit code 0 on success, 2 on a bad argument
 or an unreachable server.
@@ -79,6 +80,7 @@ KEEP_LIVE = "keep: live"
 KEEP_YOUNG = "keep: no heartbeat, keys recently used"
 KEEP_TOUCHED = "keep: heartbeat stale but keys recently used"
 KEEP_UNKNOWN = "keep: no heartbeat, key age unknown"
+KEEP_RUNNING = "keep: current session of the Ray cluster at {}"
 DELETE = "delete"
 
 
@@ -342,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dry-run", action="store_true", default=True,
                       help="only report (the default)")
     mode.add_argument("--yes", action="store_true", help="delete the keys of gone sessions")
+    p.add_argument("--ray-address", action="append", default=[], metavar="HOST:PORT",
+                   help="GCS address of a running Ray cluster (repeatable): its current "
+                        "session is kept whatever its heartbeats say; gc stops if it cannot "
+                        "be asked")
     p.add_argument("--sample-keys", type=int, default=DEFAULT_SAMPLE_KEYS,
                    help="MEMORY USAGE samples per session for the byte estimate")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -381,6 +387,9 @@ def run(config: SpillConfig, args) -> int:
 
     from .connection import connect
 
+    from .ray_sessions import live_session
+
+    running = {live_session(address): address for address in args.ray_address}
     client = connect(config)
     where = config.address.display()
     progress = not args.quiet
@@ -388,7 +397,8 @@ def run(config: SpillConfig, args) -> int:
         sessions, foreign = survey(client, config.prefix, args.sample_keys, progress)
         now = time.time()
         for info in sessions.values():
-            info.verdict = info.judge(now, args.grace_s)
+            info.verdict = (KEEP_RUNNING.format(running[info.name]) if info.name in running
+                            else info.judge(now, args.grace_s))
         removed = collect(client, config.prefix, sessions, args.grace_s, progress) \
             if args.yes else 0
     except valkey.exceptions.ValkeyError as exc:

@@ -339,6 +339,46 @@ def test_heartbeat_that_comes_back_stops_the_deletion(server, capsys):
     client.close()
 
 
+def test_gc_asks_a_running_cluster_which_session_is_live(server, capsys):
+    """A cluster started with ``ray start --head`` has no driver stamp; when every node that
+    spilled has died, heartbeats alone would doom objects their owners can still restore.
+    ``--ray-address`` asks the cluster's GCS instead."""
+    from ray_valkey_spill.heartbeat import stop_driver_heartbeat
+
+    prefix = f"ray:gcg{uuid.uuid4().hex[:8]}:"
+    client = server.client()
+    ray = start_local_ray(server.url, prefix)
+    try:
+        node = ray._private.worker._global_node
+        session = node.session_name
+        stop_driver_heartbeat(prefix, session)  # as if started by `ray start --head`
+        keys = _synthetic_session(client, prefix, session, with_heartbeat_at=time.time() - 3600)
+        time.sleep(2.1)
+        _, by_session = run_gc(capsys, server.url, prefix, 2)
+        assert by_session[session]["verdict"] == DELETE  # what heartbeats alone say
+        report, by_session = run_gc(capsys, server.url, prefix, 2, "--yes",
+                                    "--ray-address", node.gcs_address)
+        assert by_session[session]["verdict"] == \
+            f"keep: current session of the Ray cluster at {node.gcs_address}"
+        assert report["keys_deleted"] == 0 and _keys(client, prefix + "*") == sorted(keys)
+    finally:
+        ray.shutdown()
+    for k in keys:
+        client.unlink(k)
+    client.close()
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("127.0.0.1:1", "no Ray GCS answers at 127.0.0.1:1"),
+    ("raycluster-head-svc", "HOST:PORT"),
+])
+def test_gc_stops_when_it_cannot_ask_the_cluster(server, capsys, address, expected):
+    started = time.monotonic()
+    assert gc_main(["--url", server.url, "--quiet", "--yes", "--ray-address", address]) == 2
+    assert expected in capsys.readouterr().err
+    assert time.monotonic() - started < 10
+
+
 def test_a_removed_worker_stamp_is_not_brought_back_until_the_next_spill(server):
     """``ray.shutdown()`` removes a node's keys while its IO workers still beat; a beat after
     that must not leave a stamp behind (the flaky leftover ``...:hb`` this guards against)."""
