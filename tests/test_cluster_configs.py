@@ -42,8 +42,8 @@ K8S_VERSION = "1.35.0"
 VALKEY_HOST = "valkey.ai-ml.svc.cluster.local"
 NAMESPACE = "ai-ml"
 EXPECTED_FILES = ["rayservice.yaml", "valkey.yaml", "valkey-users.acl", "valkey-cluster.yaml",
-                  "ray-start-vm.sh"]
-MANIFESTS = ["rayservice.yaml", "valkey.yaml", "valkey-cluster.yaml"]
+                  "ray-start-vm.sh", "spill-gc-cronjob.yaml"]
+MANIFESTS = ["rayservice.yaml", "valkey.yaml", "valkey-cluster.yaml", "spill-gc-cronjob.yaml"]
 VALKEY_MANIFESTS = ["valkey.yaml", "valkey-cluster.yaml"]
 # Kinds validated elsewhere (CRDs); anything else must be a core kind kubernetes-validate knows.
 CUSTOM_KINDS = {("ray.io/v1", "RayService"), ("ray.io/v1", "RayCluster"),
@@ -258,7 +258,7 @@ def test_core_kinds_validate_against_kubernetes_schemas(name):
             continue
         k8s_validate(doc)  # raises on an invalid or unknown field, or an unknown kind
         validated += 1
-    if name != "rayservice.yaml":
+    if name in VALKEY_MANIFESTS:
         assert validated >= 4
 
 
@@ -370,6 +370,34 @@ def test_every_ray_node_gets_the_valkey_spilling_config():
         assert ref["name"] and ref["key"]
         assert config.chunk_size_bytes == DEFAULT_CHUNK
     assert len(configs) >= 2 and len(set(configs)) == 1, "head and workers must agree"
+
+
+def test_gc_cronjob_cleans_what_the_rayservice_spills():
+    """gc's arguments parse, name the same server, user, prefix and password Secret as the Ray
+    pods, and --ray-address points at the GCS port of the head Service KubeRay makes for this
+    RayService (<name>-head-svc)."""
+    from ray_valkey_spill.gc import build_parser, config_from_args
+
+    job = one(load_docs("spill-gc-cronjob.yaml"), "CronJob")
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:2] == ["ray-valkey-spill", "gc"]
+    args = build_parser().parse_args(container["command"][2:])
+    assert args.yes and args.grace_s >= 90
+    gc_config = config_from_args(args)
+    _, _, ray_container = next(iter(ray_containers()))
+    ray_env = _env(ray_container)
+    spill_config = parse_spilling_config(ray_env[SPILL_ENV]["value"])
+    assert gc_config.address == spill_config.address
+    assert (gc_config.user, gc_config.prefix, gc_config.password_env) == \
+        (spill_config.user, spill_config.prefix, spill_config.password_env)
+    env = _env(container)
+    assert env[args.password_env]["valueFrom"] == ray_env[args.password_env]["valueFrom"]
+    service = one(load_docs("rayservice.yaml"), "RayService")
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    gcs_port = next(p["containerPort"] for p in head["ports"] if p["name"] == "gcs-server")
+    assert args.ray_address == [f"{service['metadata']['name']}-head-svc:{gcs_port}"]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 def test_spilling_config_parser_refuses_an_inline_password():
