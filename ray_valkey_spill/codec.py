@@ -12,14 +12,17 @@ The transport only moves bytes and memoryviews; it never interprets them.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
 import xxhash
 import zstandard
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .errors import CorruptObjectError
 
@@ -143,7 +146,15 @@ class ChunkCodec:
 
     def __init__(self, compression: str = "auto", zstd_level: int = 1):
         self.compression = compression
-        self._codec = pa.Codec("zstd", zstd_level) if compression != "none" else None
+        self._zstd_level = zstd_level
+
+    @functools.cached_property
+    def _codec(self):
+        # Imported on first compression, not with the module: a restore worker decompresses
+        # with zstandard and never needs pyarrow (~20 ms of every IO worker's start-up).
+        import pyarrow as pa
+
+        return pa.Codec("zstd", self._zstd_level)
 
     def _ratio(self, samples) -> float:
         raw = sum(len(s) for s in samples)
@@ -152,7 +163,7 @@ class ChunkCodec:
     def choose(self, data: memoryview) -> int:
         """Pick the codec from small samples: raw, zstd, or zstd of byte-shuffled data."""
         n = len(data)
-        if self._codec is None or n == 0:
+        if self.compression == "none" or n == 0:
             return CODEC_RAW
         if n <= 2 * PROBE_SAMPLE_BYTES:
             samples = [data]
@@ -178,7 +189,7 @@ class ChunkCodec:
         digest = checksum(data)
         if codec is None:
             codec = self.choose(data)
-        if codec != CODEC_RAW and self._codec is not None:
+        if codec != CODEC_RAW and self.compression != "none":
             source = data if codec == CODEC_ZSTD else shuffle(data, codec - _SHUFFLE_BASE)
             packed = self._codec.compress(source, asbytes=False)
             if packed.size <= KEEP_MAX_RATIO * len(data):
@@ -217,11 +228,12 @@ class ChunkCodec:
             raise CorruptObjectError(f"{key}: chunk checksum mismatch")
 
 
-_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
+# numpy is imported where the byte planes are needed, not with the module: only shuffled
+# chunks use it, and it costs every IO worker ~35 ms at start-up.
 def shuffle(data, width: int) -> np.ndarray:
     """Byte planes of ``data`` seen as width-byte elements; a ragged tail is kept as is."""
+    import numpy as np
+
     src = np.frombuffer(data, np.uint8)
     body = len(src) - len(src) % width
     out = np.empty(len(src), np.uint8)
@@ -229,7 +241,7 @@ def shuffle(data, width: int) -> np.ndarray:
     # Small little-endian integers (token ids) have zero planes above their largest value's
     # top byte: fill those, copy the rest (int64 token ids: 2.2 -> 4.6 GiB/s; one max() pass
     # costs other data ~10%).
-    used = max(1, (int(src[:body].view(_UINT[width]).max()).bit_length() + 7) // 8) if body else 0
+    used = max(1, (int(src[:body].view(f"<u{width}").max()).bit_length() + 7) // 8) if body else 0
     if used < width:
         planes[used:] = 0
         for k in range(used):
@@ -241,6 +253,8 @@ def shuffle(data, width: int) -> np.ndarray:
 
 
 def unshuffle_into(shuffled, target: memoryview, width: int) -> None:
+    import numpy as np
+
     src = np.frombuffer(shuffled, np.uint8)
     dst = np.frombuffer(target, np.uint8)
     body = len(src) - len(src) % width

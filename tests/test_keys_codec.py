@@ -145,3 +145,16 @@ def test_token_ids_are_byte_shuffled_and_restore_exactly(dtype, width):
     broken[len(broken) // 2] ^= 1
     with pytest.raises(CorruptObjectError):
         ChunkCodec.decode_into(info, bytes(broken), memoryview(bytearray(len(data))), "k")
+
+
+def test_io_workers_import_neither_numpy_nor_pyarrow_at_start_up():
+    """Every spill/restore IO worker imports the storage module when it starts; numpy and
+    pyarrow (~55 ms) are loaded only when a chunk is compressed or shuffled."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ray_valkey_spill.storage as s; "
+            "s.ValkeyStorage('node', 'session', url='valkey://127.0.0.1:1/0'); "
+            "print(sorted(m for m in ('numpy', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
