@@ -352,6 +352,7 @@ class ValkeyStorage(ExternalStorage):
                     f"{exc}") from exc
             total += manifest.buf_len
             spill_metrics().restored(1, spill_url.size, time.perf_counter() - started)
+        self._remove_leftovers()
         return total
 
     def _read_manifest(self, spill_url: K.SpillURL) -> Manifest:
@@ -480,18 +481,24 @@ class ValkeyStorage(ExternalStorage):
         try:
             self._remove(doomed)
         except Exception as exc:
+            # Ray does not ask again: keep them, removed after the next successful operation.
+            self._leftovers.add(doomed)
             spill_metrics().error("delete", exc)
             raise
         spill_metrics().deleted(len(doomed), freed)
+        self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:
         due = self._leftovers.due()
         if due:
             try:
                 self._remove(due)
-            except Exception as exc:  # noqa: BLE001 - retried after the next successful spill
-                logger.error("could not remove the keys of %d partly spilled objects (%s); "
-                             "retrying after the next successful spill", len(due), exc)
+            except Exception as exc:  # noqa: BLE001 - retried after the next success
+                logger.error("could not remove the keys of %d failed or deleted objects (%s); "
+                             "retrying after the next successful spill, restore or delete",
+                             len(due), exc)
+            else:
+                self._leftovers.removed(due)
 
     def _remove(self, objects: list[tuple[str, int]]) -> None:
         unlink_keys(self.client, [k for base, n in objects for k in K.object_keys(base, n)])
@@ -515,28 +522,36 @@ class ValkeyStorage(ExternalStorage):
 
 
 class _LeftoverChunks:
-    """Chunks of failed spills (no manifest, so never restorable) still to be removed.
+    """Keys still to be removed: of failed spills (no manifest, never restorable) and of
+    objects Ray deleted while the server did not answer (Ray does not ask twice).
 
     The server that failed a spill often fails the removal too, and a server that was paused
     or cut off still runs the writes it had buffered, or that TCP retransmits, when it answers
-    again: after any removal sent meanwhile. So a failed object is removed again after each
-    later successful spill for RECHECK_S (one pipelined UNLINK, small beside a spill);
-    otherwise its chunks would stay until the session ends."""
+    again: after any removal sent meanwhile. So each object is removed after every later
+    successful spill, restore or delete (one pipelined UNLINK) until one removal succeeds, and
+    again for RECHECK_S after that; otherwise its keys would stay until the session ends."""
 
     RECHECK_S = 600.0  # longer than Linux retransmits the data of a closed connection
     MAX_OBJECTS = 10_000  # beyond this the oldest are left to ray.shutdown() or gc
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._until: dict[tuple[str, int], float] = {}  # (base key, chunks) -> monotonic time
+        # (base key, chunks) -> monotonic time to stop; infinite until a removal succeeded
+        self._until: dict[tuple[str, int], float] = {}
 
     def add(self, objects: list[tuple[str, int]]) -> None:
+        with self._lock:
+            for obj in objects:
+                self._until[obj] = float("inf")
+            while len(self._until) > self.MAX_OBJECTS:
+                del self._until[next(iter(self._until))]
+
+    def removed(self, objects: list[tuple[str, int]]) -> None:
         until = time.monotonic() + self.RECHECK_S
         with self._lock:
             for obj in objects:
-                self._until[obj] = until
-            while len(self._until) > self.MAX_OBJECTS:
-                del self._until[next(iter(self._until))]
+                if self._until.get(obj) == float("inf"):
+                    self._until[obj] = until
 
     def due(self) -> list[tuple[str, int]]:
         """The objects to remove (again) now."""

@@ -309,6 +309,26 @@ def test_partial_keys_of_a_failed_spill_are_removed_once_the_server_answers(priv
     client.close()
 
 
+def test_objects_deleted_while_the_server_is_down_are_removed_once_it_is_back(private_server):
+    """Ray asks to delete a spilled object once. If the server is down then, its keys must go
+    after the next successful operation, not stay until the session ends."""
+    private_server.settings.update({"appendonly": "yes", "appendfsync": "always"})
+    private_server.kill()
+    private_server.start()
+    prefix = unique_prefix("deld")
+    storage = make_storage(private_server.url, prefix, **FAST_FAIL)
+    urls = spill(storage, {"d001": os.urandom(100_000), "d002": os.urandom(1000)})
+    private_server.kill()
+    with pytest.raises(Exception):
+        storage.delete_spilled_objects([urls["d001"]])
+    private_server.start()  # the keys come back from the AOF
+    client = private_server.client()
+    assert scan_keys(client, prefix + "*d001*"), "the AOF lost the keys: the test proves nothing"
+    restore(storage, "d002", urls["d002"])  # any later success
+    assert not scan_keys(client, prefix + "*d001*")
+    client.close()
+
+
 def test_leftover_chunks_are_rechecked_for_a_while_then_forgotten(monkeypatch):
     """The bookkeeping behind the test above (no server): expiry and the size cap."""
     from ray_valkey_spill.storage import _LeftoverChunks
@@ -318,10 +338,12 @@ def test_leftover_chunks_are_rechecked_for_a_while_then_forgotten(monkeypatch):
     leftovers.add([("a", 1), ("b", 2)])
     leftovers.add([("c", 1), ("d", 4)])
     assert leftovers.due() == [("b", 2), ("c", 1), ("d", 4)]  # the oldest went over the cap
-    assert leftovers.due() == [("b", 2), ("c", 1), ("d", 4)]  # still due: not removed on read
+    assert leftovers.due() == [("b", 2), ("c", 1), ("d", 4)]  # due until one removal worked
+    leftovers.removed([("b", 2)])
+    assert leftovers.due() == [("b", 2), ("c", 1), ("d", 4)]  # b: rechecked for RECHECK_S
     monkeypatch.setattr(leftovers, "RECHECK_S", -1.0)
-    leftovers.add([("e", 1)])  # already past its recheck time
-    assert ("e", 1) not in leftovers.due()
+    leftovers.removed([("c", 1), ("d", 4)])
+    assert leftovers.due() == [("b", 2)]  # c and d: removed, and their recheck time is over
 
 
 def test_client_pool_honours_each_configs_timeouts(private_server):
