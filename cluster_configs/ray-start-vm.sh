@@ -26,6 +26,11 @@
 #     ./ray-start-vm.sh head                         # on the head VM
 #     ./ray-start-vm.sh worker 10.0.0.10:6379        # on each worker VM
 #   DRY_RUN=1 prints the commands instead of running them (used by tests/test_cluster_configs.py).
+#   Cleanup: Ray removes spilled keys on ray.shutdown() only, so a crashed or stopped cluster
+#   leaves them. Run gc from cron on one host, naming the running cluster so that its session
+#   is always kept (this cluster has no driver heartbeat; see README, "ray-valkey-spill gc"):
+#     ray-valkey-spill gc --url "$VALKEY_URL" --username rayspill \
+#       --password-env VALKEY_SPILL_PASSWORD --ray-address 10.0.0.10:6379 --yes
 #
 # WHAT TO CHANGE (environment variables, defaults below)
 #   VALKEY_URL   valkey://host:6379/0, valkeys://... (TLS), valkey+cluster://host:6379 (cluster).
