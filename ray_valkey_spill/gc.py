@@ -30,6 +30,14 @@ The same idle-time test is applied to sessions whose heartbeats are all stale, a
 safeguard: a key read or written within the grace period means that something of that session
 still works, whatever the heartbeat says (e.g. a broken heartbeat thread).
 
+**Orphan chunks in live sessions.** A spill writes its chunks first and the manifest last; a
+spill worker killed in between (a preempted node, the OOM killer) leaves chunks that no manifest
+names, so nothing can ever restore or delete them, and a long-lived cluster (a RayService)
+would keep them for weeks. A chunk key whose manifest does not exist and whose idle time is at
+least ``--orphan-grace-s`` (default an hour: a spill in flight keeps writing its object's chunks
+and ends in seconds; no restore reads a chunk without a manifest) is collected even in a live
+session, and checked once more just before it is unlinked.
+
 **Races.** Phase 1 SCANs the prefix once and keeps only per-session aggregates (memory is
 O(sessions), not O(keys)). Phase 2 (``--yes``) re-reads the heartbeats of the doomed sessions,
 then SCANs again and UNLINKs, in pipelined batches, only keys that parse as this backend's keys
@@ -63,6 +71,7 @@ from .errors import BackendUnavailableError, ConfigError, RayValkeySpillError
 from .heartbeat import HEARTBEAT_INTERVAL_S
 
 DEFAULT_GRACE_S = 600.0
+DEFAULT_ORPHAN_GRACE_S = 3600.0
 MIN_SAFE_GRACE_S = 3 * HEARTBEAT_INTERVAL_S
 SCAN_COUNT = 1000
 UNLINK_BATCH = 1000
@@ -104,6 +113,8 @@ class SessionInfo:
     sampled_bytes: int = 0
     verdict: str = ""
     deleted: int = 0
+    orphans: list = field(default_factory=list)  # chunk keys without a manifest, idle enough
+    orphans_deleted: int = 0
 
     def note_idle(self, idle) -> None:
         if idle is None:
@@ -187,28 +198,41 @@ def _scan_parsed(client, prefix: str, bar: "_Progress"):
         yield parsed
 
 
+def _chunk_base(text: str) -> str | None:
+    """The object's base key for a chunk key (``<base>:<n>``); None for manifests and beats."""
+    base, _, last = text.rpartition(":")
+    return base if last.isdigit() else None
+
+
 def survey(client, prefix: str, sample_keys: int = DEFAULT_SAMPLE_KEYS,
-           progress: bool = False, rng: random.Random | None = None) -> tuple[dict, int]:
-    """Phase 1: one SCAN of ``prefix*``; per-session counts, heartbeats, idle times, samples.
+           progress: bool = False, rng: random.Random | None = None,
+           orphan_grace_s: float | None = None) -> tuple[dict, int]:
+    """Phase 1: one SCAN of ``prefix*``; per-session counts, heartbeats, idle times, samples,
+    and (with ``orphan_grace_s``) the chunk keys without a manifest idle at least that long.
 
     Returns (sessions by name, number of keys under the prefix that are not this backend's)."""
     rng = rng or random.Random()
     sessions: dict[str, SessionInfo] = {}
     foreign = 0
     for batch in _scan_parsed(client, prefix, _Progress(progress, "scanned")):
-        ours = [(raw, parsed) for raw, _, parsed in batch if parsed is not None]
+        ours = [(raw, text, parsed) for raw, text, parsed in batch if parsed is not None]
         foreign += len(batch) - len(ours)
         if not ours:
             continue
         pipe = client.pipeline(transaction=False)
         queued: list[tuple[str, SessionInfo, object]] = []  # (what, session, key) per command
-        for raw, (session, node, is_hb) in ours:
+        idle_of: dict = {}
+        for raw, text, (session, node, is_hb) in ours:
             info = sessions.setdefault(session, SessionInfo(session))
             info.keys += 1
             info.nodes.add(node)
             if not is_hb:  # gc's own GET resets a heartbeat key's idle time: skip those
                 pipe.object("IDLETIME", raw)
                 queued.append(("idle", info, raw))
+                base = _chunk_base(text)
+                if orphan_grace_s is not None and base is not None:
+                    pipe.exists(K.manifest_key(base))
+                    queued.append(("manifest", info, raw))
             # reservoir-style sampling: every key of a session has the same chance to be sized
             if info.keys <= sample_keys or rng.random() < sample_keys / info.keys:
                 pipe.memory_usage(raw)
@@ -224,6 +248,10 @@ def survey(client, prefix: str, sample_keys: int = DEFAULT_SAMPLE_KEYS,
                     info.note_idle(None)
                 elif reply is not None:
                     info.note_idle(reply)
+                    idle_of[raw] = reply
+            elif what == "manifest":
+                if not failed and reply == 0 and idle_of.get(raw, -1) >= orphan_grace_s:
+                    info.orphans.append(raw)
             elif what == "size":
                 if not failed and reply is not None:
                     info.sampled_keys += 1
@@ -265,6 +293,31 @@ def collect(client, prefix: str, sessions: dict, grace_s: float, progress: bool 
                 removed += int(n)
         if not doomed:
             break
+    return removed
+
+
+def collect_orphans(client, sessions: dict, orphan_grace_s: float) -> int:
+    """UNLINK the orphan chunks found by ``survey`` in sessions that are kept, each checked
+    again first (its manifest still missing, its idle time still long enough)."""
+    removed = 0
+    for info in sessions.values():
+        if info.verdict == DELETE:
+            continue  # the whole session goes
+        for chunk in _batches(info.orphans, UNLINK_BATCH):
+            pipe = client.pipeline(transaction=False)
+            for raw in chunk:
+                pipe.exists(K.manifest_key(_chunk_base(_decode(raw))))
+                pipe.object("IDLETIME", raw)
+            replies = pipe.execute(raise_on_error=False)
+            still = [raw for raw, has_manifest, idle in zip(chunk, replies[::2], replies[1::2])
+                     if has_manifest == 0 and isinstance(idle, int) and idle >= orphan_grace_s]
+            if still:
+                pipe = client.pipeline(transaction=False)
+                for raw in still:
+                    pipe.unlink(raw)
+                n = sum(int(r) for r in pipe.execute())
+                info.orphans_deleted += n
+                removed += n
     return removed
 
 
@@ -315,7 +368,8 @@ def report(sessions: dict, now: float) -> list[dict]:
             "bytes": info.est_bytes, "bytes_sampled_keys": info.sampled_keys,
             "last_beat_age_s": None if last is None else round(now - last, 1),
             "min_key_idle_s": info.min_idle_s, "verdict": info.verdict,
-            "deleted_keys": info.deleted,
+            "deleted_keys": info.deleted, "orphan_chunks": len(info.orphans),
+            "orphan_chunks_deleted": info.orphans_deleted,
         })
     return out
 
@@ -344,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dry-run", action="store_true", default=True,
                       help="only report (the default)")
     mode.add_argument("--yes", action="store_true", help="delete the keys of gone sessions")
+    p.add_argument("--orphan-grace-s", type=float, default=DEFAULT_ORPHAN_GRACE_S,
+                   help="collect chunk keys without a manifest (a spill killed half-way) idle "
+                        f"this long, also in live sessions (default {DEFAULT_ORPHAN_GRACE_S:.0f}; "
+                        "at least --grace-s)")
     p.add_argument("--ray-address", action="append", default=[], metavar="HOST:PORT",
                    help="GCS address of a running Ray cluster (repeatable): its current "
                         "session is kept whatever its heartbeats say; gc stops if it cannot "
@@ -373,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--grace-s", args.grace_s,
                               f"at least {MIN_SAFE_GRACE_S:.0f} (3 heartbeat intervals of "
                               f"{HEARTBEAT_INTERVAL_S:.0f} s), or pass --allow-short-grace")
+        if not (args.orphan_grace_s >= args.grace_s and args.orphan_grace_s < float("inf")):
+            raise ConfigError("--orphan-grace-s", args.orphan_grace_s,
+                              f"a number of seconds of at least --grace-s ({args.grace_s:g})")
         if args.sample_keys < 1:
             raise ConfigError("--sample-keys", args.sample_keys, "a positive integer")
         config = config_from_args(args)
@@ -394,12 +455,15 @@ def run(config: SpillConfig, args) -> int:
     where = config.address.display()
     progress = not args.quiet
     try:
-        sessions, foreign = survey(client, config.prefix, args.sample_keys, progress)
+        sessions, foreign = survey(client, config.prefix, args.sample_keys, progress,
+                                   orphan_grace_s=args.orphan_grace_s)
         now = time.time()
         for info in sessions.values():
             info.verdict = (KEEP_RUNNING.format(running[info.name]) if info.name in running
                             else info.judge(now, args.grace_s))
         removed = collect(client, config.prefix, sessions, args.grace_s, progress) \
+            if args.yes else 0
+        orphans_removed = collect_orphans(client, sessions, args.orphan_grace_s) \
             if args.yes else 0
     except valkey.exceptions.ValkeyError as exc:
         raise BackendUnavailableError(f"gc on {where} failed: {exc}") from exc
@@ -412,23 +476,30 @@ def run(config: SpillConfig, args) -> int:
         "keys_to_delete": sum(r["keys"] for r in doomed),
         "bytes_to_delete": sum(r["bytes"] for r in doomed),
         "keys_deleted": removed, "foreign_keys_ignored": foreign,
+        "orphan_chunks": sum(r["orphan_chunks"] for r in rows if r["verdict"] != DELETE),
+        "orphan_chunks_deleted": orphans_removed,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     table = [[r["session"], r["nodes"], r["keys"], "~" + _size(r["bytes"]),
               _age(r["last_beat_age_s"]), _age(r["min_key_idle_s"]),
+              "-" if r["verdict"] == DELETE else r["orphan_chunks"],
               r["verdict"] + (f" ({r['deleted_keys']} removed)" if args.yes and
                               r["verdict"] == DELETE else "")] for r in rows]
     print(f"spilled keys under {config.prefix!r} on {where} (grace {args.grace_s:.0f}s)")
     if table:
         print(render_table(table, ["session", "nodes", "keys", "bytes", "last beat",
-                                   "newest key use", "verdict"]))
+                                   "newest key use", "orphan chunks", "verdict"]))
     else:
         print("no spilled keys found")
     if foreign:
         print(f"{foreign} keys under {config.prefix!r} do not have this backend's key shape; "
               "left alone")
+    if summary["orphan_chunks"]:
+        verb = "deleted" if args.yes else "would delete"
+        print(f"{verb} {orphans_removed if args.yes else summary['orphan_chunks']} orphan chunks "
+              f"(no manifest, idle >= {args.orphan_grace_s:.0f}s) of kept sessions")
     if args.yes:
         print(f"deleted {removed} keys of {len(doomed)} gone sessions")
     elif doomed:

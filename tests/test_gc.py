@@ -379,6 +379,42 @@ def test_gc_stops_when_it_cannot_ask_the_cluster(server, capsys, address, expect
     assert time.monotonic() - started < 10
 
 
+def test_orphan_chunks_of_a_live_session_are_collected_when_old(server, capsys):
+    """A spill worker killed between its chunks and its manifest leaves chunks nothing can
+    restore or delete. In a live session gc removes them once idle for --orphan-grace-s,
+    and leaves alone complete objects, young chunks (a spill in flight) and the heartbeat."""
+    prefix = f"ray:gco{uuid.uuid4().hex[:8]}:"
+    client = server.client()
+    session = "session_live_with_orphans"
+    node = f"{prefix}{session}:nodeA"
+    complete = [f"{node}:objc.0a1b2c3d:0", f"{node}:objc.0a1b2c3d:m"]
+    old_orphans = [f"{node}:objo.0a1b2c3d:0", f"{node}:objo.0a1b2c3d:1"]
+    for k in complete + old_orphans:
+        client.set(k, b"x" * 100)
+    time.sleep(3.1)
+    young_orphan = f"{node}:objy.0a1b2c3d:0"  # a spill still writing
+    client.set(young_orphan, b"y" * 100)
+    beat = f"{node}:hb"
+    client.set(beat, str(int(time.time())))  # the session is live
+
+    report, by_session = run_gc(capsys, server.url, prefix, 2, "--orphan-grace-s", "3")
+    assert by_session[session]["verdict"] == KEEP_LIVE
+    assert by_session[session]["orphan_chunks"] == 2 and report["orphan_chunks_deleted"] == 0
+    assert all(client.exists(k) for k in old_orphans)  # a dry run deletes nothing
+
+    report, by_session = run_gc(capsys, server.url, prefix, 2, "--orphan-grace-s", "3", "--yes")
+    assert report["orphan_chunks_deleted"] == 2
+    assert _keys(client, prefix + "*") == sorted(complete + [young_orphan, beat])
+    for k in complete + [young_orphan, beat]:
+        client.unlink(k)
+    client.close()
+
+
+def test_orphan_grace_below_the_session_grace_is_refused(server, capsys):
+    assert gc_main(["--url", server.url, "--grace-s", "600", "--orphan-grace-s", "60"]) == 2
+    assert "--orphan-grace-s" in capsys.readouterr().err
+
+
 def test_a_removed_worker_stamp_is_not_brought_back_until_the_next_spill(server):
     """``ray.shutdown()`` removes a node's keys while its IO workers still beat; a beat after
     that must not leave a stamp behind (the flaky leftover ``...:hb`` this guards against)."""
