@@ -11,8 +11,8 @@ heartbeat keys (``<prefix><session>:<node>:hb``, the unix time of the last beat,
 every 30 s by every spill/restore IO worker) is younger than ``--grace-s``.
 
 **Sessions without any heartbeat.** An IO worker starts its heartbeat thread at its first
-spill or restore, but the first beat can lose the race with that spill, or fail while the server is
-unreachable; keys written by an older version carry no heartbeat at all. Treating "no
+spill or restore, but the first beat can lose the race with that spill, or fail while the
+server is unreachable; keys written by an older version carry no heartbeat at all. Treating "no
 heartbeat" as "dead" would delete the objects of a session that started a second ago, and
 treating it as "live" would leak forever. So such a session is judged by its keys: it is
 deleted only when every object key's ``OBJECT IDLETIME`` (seconds since it was last written or
@@ -30,6 +30,10 @@ The same idle-time test is applied to sessions whose heartbeats are all stale, a
 safeguard: a key read or written within the grace period means that something of that session
 still works, whatever the heartbeat says (e.g. a broken heartbeat thread).
 
+**Running clusters.** ``--ray-address`` names the GCS of a running cluster; its current session
+is kept whatever its heartbeats say (a ``ray start --head`` cluster has no driver stamp, so the
+objects of its dead spilling nodes would otherwise depend on their idle times alone).
+
 **Orphan chunks in live sessions.** A spill writes its chunks first and the manifest last; a
 spill worker killed in between (a preempted node, the OOM killer) leaves chunks that no manifest
 names, so nothing can ever restore or delete them, and a long-lived cluster (a RayService)
@@ -38,8 +42,8 @@ least ``--orphan-grace-s`` (default an hour: a spill in flight keeps writing its
 and ends in seconds; no restore reads a chunk without a manifest) is collected even in a live
 session, and checked once more just before it is unlinked.
 
-**Races.** Phase 1 SCANs the prefix once and keeps only per-session aggregates (memory is
-O(sessions), not O(keys)). Phase 2 (``--yes``) re-reads the heartbeats of the doomed sessions,
+**Races.** Phase 1 SCANs the prefix once and keeps only per-session aggregates and the orphan
+chunk keys (memory is O(sessions + orphans), not O(keys)). Phase 2 (``--yes``) re-reads the heartbeats of the doomed sessions,
 then SCANs again and UNLINKs, in pipelined batches, only keys that parse as this backend's keys
 of a doomed session; a heartbeat key met during that pass is read first and a fresh one stops
 the deletion of its session. Keys of other prefixes (``emb:``, ``vllm:kv:``, ``session:``) and
@@ -49,7 +53,7 @@ Usage::
 
     ray-valkey-spill gc --url valkey://host:6379/0 [--prefix ray:] [--grace-s 600]
                         [--password-env VAR] [--username USER] [--ray-address HOST:PORT]
-                        [--yes] [--json]
+                        [--orphan-grace-s 3600] [--yes] [--json]
 
 ``--dry-run`` is the default; ``--yes`` deletes. Exit code 0 on success, 2 on a bad argument
 or an unreachable server.
@@ -447,7 +451,6 @@ def run(config: SpillConfig, args) -> int:
     import valkey
 
     from .connection import connect
-
     from .ray_sessions import live_session
 
     running = {live_session(address): address for address in args.ray_address}
