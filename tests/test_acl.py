@@ -359,6 +359,33 @@ def test_cache_user_is_confined_to_its_prefix(valkey_server, acl_users, use):
         cache.unlink(own)
 
 
+def test_each_cache_module_works_as_its_own_user(valkey_server, acl_users):
+    """The cache modules themselves, not just GET and SET, under the deployed rules: the
+    session store needs MULTI/EXEC and WATCH, which the session user lacked."""
+    import numpy as np
+
+    from ray_valkey_spill.caches import EmbeddingCache, KVCache, SessionStore
+
+    tag = uuid.uuid4().hex
+    emb = EmbeddingCache(_client(valkey_server.url, "embcache"), f"acl-{tag}", ttl_seconds=60)
+    vector = np.arange(8, dtype=np.float32)
+    assert emb.put_many(["text"], [vector]) == 1
+    assert np.array_equal(emb.get_many(["text"])[0], vector)
+
+    kv = KVCache(_client(valkey_server.url, "vllmkv"), f"acl-{tag}")
+    tokens = np.arange(32, dtype=np.int32)
+    block = np.ones((2, 16, 4), dtype=np.float16)
+    assert kv.put(tokens, [block, block]) == 2 and kv.lookup(tokens) == 32
+
+    store = SessionStore(_client(valkey_server.url, "session"), ttl_seconds=60)
+    conversation = f"acl-{tag}"
+    assert store.append(conversation, "hi", "there") == 2
+    store.set_result(conversation, "r", {"k": 1})
+    store.trim(conversation, 1)
+    assert store.last(conversation, 5) == ["there"] and store.get_result(conversation, "r") == {"k": 1}
+    assert store.delete(conversation) == 2
+
+
 def test_metrics_user_reads_stats_but_no_keys(valkey_server, acl_users):
     client = _client(valkey_server.url, "metrics")
     assert "used_memory" in client.info("memory")

@@ -10,12 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
 import pytest
 
 from ray_valkey_spill import ConfigError
+from ray_valkey_spill.errors import BackendUnavailableError
 from ray_valkey_spill.caches import (ArrayCodec, CacheValueError, CorruptValueError,
                                      EmbeddingCache, EvictionPolicyWarning, KVCache, SessionStore)
 from ray_valkey_spill.connection import connect
@@ -478,8 +480,50 @@ def test_session_turns_results_trim_and_ttl_refresh(valkey_url, valkey_client, p
     assert store.delete("user:42") == 2
 
 
+@pytest.mark.parametrize("stall_s", [0.6, 0.75])
+def test_session_append_survives_a_stall_without_storing_twice(stall_s):
+    """A server stalled a little longer than socket_timeout_s: valkey-py used to resend the
+    timed-out MULTI on a new connection, the server ran both, and the caller saw success
+    with the turn stored twice."""
+    import threading
+
+    from ray_valkey_spill.connection import close_all
+
+    with EmbeddedValkey() as server:
+        client = connect(server.url, socket_timeout_s=0.5, connect_timeout_s=0.5, retries=1)
+        store = SessionStore(client, ttl_seconds=600)
+        store.append("conv", "first")
+        server.pause()
+        threading.Timer(stall_s, server.resume).start()
+        store.append("conv", "second")
+        time.sleep(1.0)  # anything the stalled server had buffered has run by now
+        assert store.last("conv", 10) == ["first", "second"]
+    close_all()
+
+
+def test_session_append_that_times_out_in_exec_says_so_and_is_not_resent():
+    import threading
+
+    from ray_valkey_spill.connection import close_all
+
+    with EmbeddedValkey() as server:
+        client = connect(server.url, socket_timeout_s=0.5, connect_timeout_s=0.5, retries=1)
+        store = SessionStore(client, ttl_seconds=600)
+        turns_key, _ = store._keys("conv")
+
+        def stall_then_append(pipe):  # runs after WATCH and MULTI, before EXEC is sent
+            server.pause()
+            threading.Timer(1.5, server.resume).start()
+            pipe.rpush(turns_key, '"only"')
+
+        with pytest.raises(BackendUnavailableError, match="may or may not have been stored"):
+            store._execute_once(turns_key, stall_then_append)
+        time.sleep(2.0)
+        assert store.last("conv", 10) == ["only"]  # what the server had buffered ran once
+    close_all()
+
+
 def test_session_expires_after_inactivity(valkey_url, prefixes):
-    import time
 
     store = SessionStore(valkey_url, ttl_seconds=1, prefix=prefixes["session"])
     store.append("s", "hello")

@@ -8,6 +8,13 @@ Per session two keys share one hash tag (one cluster slot, so one MULTI covers b
 Every write runs in one MULTI (standalone) or pipeline (cluster): the change, LTRIM to
 ``max_turns``, and EXPIRE of BOTH keys, so a session expires ``ttl_seconds`` after its last
 write, and no code path leaves a session key without a TTL.
+
+An append is not idempotent. valkey-py resends a pipeline that timed out on a new connection,
+and a server that was only slow (a stall a little longer than ``socket_timeout_s``) then runs
+it twice: the turns were stored twice while the caller saw success. valkey-py never resends
+while a key is WATCHed, so a standalone append watches ``<prefix>{<session>}:guard``, a key
+nothing writes. After a timeout it raises instead, saying the turns may or may not have been
+stored. A cluster pipeline can neither WATCH nor MULTI: appends there stay at-least-once.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 from ._base import (backend_errors, check_cache_prefix, check_ttl, is_cluster, key_part,
                     resolve_client, warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError
-from ..errors import ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 from ..metrics import CacheMetrics
 
 DEFAULT_PREFIX = "session:"
@@ -86,15 +93,40 @@ class SessionStore:
         except (TypeError, ValueError) as exc:
             raise CacheValueError(f"a session turn must be JSON-serialisable: {exc}") from exc
         turns_key, results_key = self._keys(session_id)
-        with backend_errors(f"append to {turns_key}"):
-            pipe = self._pipe()
+
+        def append(pipe) -> None:
             pipe.rpush(turns_key, *encoded)
             pipe.ltrim(turns_key, -self.max_turns, -1)
             self._expire_both(pipe, turns_key, results_key)
             pipe.llen(turns_key)
-            count = int(pipe.execute()[-1])
+
+        with backend_errors(f"append to {turns_key}"):
+            count = int(self._execute_once(turns_key, append)[-1])
         self.metrics.bytes_written(sum(len(e) for e in encoded))
         return count
+
+    def _execute_once(self, turns_key: str, build) -> list:
+        """Run the commands ``build(pipe)`` queues, never sending them twice (module doc)."""
+        import valkey
+
+        if self._cluster:
+            pipe = self._pipe()
+            build(pipe)
+            return pipe.execute()
+        guard = turns_key[:-len("turns")] + "guard"
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.watch(guard)
+                pipe.multi()
+                build(pipe)
+                return pipe.execute()
+        # A failed EXEC surfaces as WatchError, or as the error of valkey-py's UNWATCH on the
+        # way out; either way EXEC may have reached the server.
+        except (valkey.exceptions.WatchError, valkey.exceptions.ConnectionError,
+                valkey.exceptions.TimeoutError) as exc:
+            raise BackendUnavailableError(
+                f"append to {turns_key}: Valkey did not answer in time; the turns may or may "
+                f"not have been stored (not resent, so never stored twice): {exc}") from exc
 
     def last(self, session_id: str, n: int) -> list[Any]:
         """The last ``n`` turns, oldest first ([] for an unknown or expired session).
