@@ -355,3 +355,41 @@ def test_three_ray_nodes_restore_each_others_objects_and_survive_a_node_crash(vc
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_session_append_on_the_cluster_is_stored_once_across_a_stall_and_a_slot_move(vcluster):
+    """The primary that holds the session's slot stalls a little longer than the timeout: the
+    append must not be stored twice (a cluster pipeline resends). Then the slot moves to
+    another primary: the append follows it (MOVED aborts the MULTI before anything ran)."""
+    import threading
+    import time
+
+    from valkey.cluster import key_slot
+
+    from ray_valkey_spill import SessionStore
+    from ray_valkey_spill.connection import close_all, connect
+    from ray_valkey_spill.errors import BackendUnavailableError
+
+    client = connect(vcluster.url, socket_timeout_s=0.5, connect_timeout_s=0.5, retries=1)
+    store = SessionStore(client, ttl_seconds=600)
+    conversation = f"c{uuid.uuid4().hex[:8]}"
+    turns_key, _ = store._keys(conversation)
+    slot = key_slot(turns_key.encode())
+    store.append(conversation, "first")
+    owner = vcluster.nodes[vcluster.slot_owner(slot)]
+    owner.pause()
+    threading.Timer(0.6, owner.resume).start()
+    try:
+        store.append(conversation, "second")
+    except BackendUnavailableError as exc:
+        assert "may or may not have been stored" in str(exc)
+    time.sleep(1.6)
+    assert store.last(conversation, 10) == ["first", "second"]
+
+    target = next(i for i in vcluster.primary_indexes() if i != vcluster.slot_owner(slot))
+    vcluster.move_slot(slot, target)
+    assert store.append(conversation, "third") == 3
+    assert store.last(conversation, 10) == ["first", "second", "third"]
+    assert store.delete(conversation) == 1
+    close_all()
+

@@ -11,10 +11,10 @@ write, and no code path leaves a session key without a TTL.
 
 An append is not idempotent. valkey-py resends a pipeline that timed out on a new connection,
 and a server that was only slow (a stall a little longer than ``socket_timeout_s``) then runs
-it twice: the turns were stored twice while the caller saw success. So a standalone append
-sends its MULTI/EXEC itself, on a pooled connection, exactly once; after a timeout it raises,
-saying the turns may or may not have been stored. A cluster pipeline cannot MULTI, and its
-retries resend: appends there stay at-least-once.
+it twice: the turns were stored twice while the caller saw success. So an append sends its
+MULTI/EXEC itself, exactly once, on a pooled connection (in a cluster, of the primary that
+holds the session's slot); after a timeout it raises, saying the turns may or may not have
+been stored.
 """
 
 from __future__ import annotations
@@ -108,11 +108,24 @@ class SessionStore:
         import valkey
 
         if self._cluster:
-            pipe = self._pipe()
-            for command in commands:
-                pipe.execute_command(*command)
-            return pipe.execute()
-        pool = self.client.connection_pool
+            # Both keys share a hash tag: one slot, one primary, where MULTI works. A MOVED
+            # (slot migrated) aborts the transaction before anything ran: refresh, try once more.
+            for attempt in (1, 2):
+                node = self.client.get_node_from_key(turns_key)
+                try:
+                    return self._transaction_once(node.valkey_connection.connection_pool,
+                                                  turns_key, commands)
+                except (valkey.exceptions.MovedError, valkey.exceptions.ExecAbortError,
+                        valkey.exceptions.AskError):
+                    if attempt == 2:
+                        raise
+                    self.client.nodes_manager.initialize()
+        return self._transaction_once(self.client.connection_pool, turns_key, commands)
+
+    @staticmethod
+    def _transaction_once(pool, turns_key: str, commands: list[tuple]) -> list:
+        import valkey
+
         conn = pool.get_connection("MULTI")  # connected and checked; a failure sent nothing
         try:
             conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)]),
