@@ -69,7 +69,7 @@ class Heartbeat:
                 try:
                     stamp = str(int(time.time()))
                     only_existing = self._refresh_only and written
-                    if self._client().set(self.key, stamp, xx=only_existing) or not only_existing:
+                    if self._client().set(self.key, stamp, xx=only_existing):
                         written = True
                     else:  # the stamp was removed with the node's keys: do not bring it back
                         self._running = False

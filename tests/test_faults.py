@@ -380,6 +380,24 @@ def _put_all(ray, arrays):
     return refs, digests
 
 
+def _put_through_an_outage(ray, begin, end, outage_s: float, seed: int):
+    """Put 48 MiB (below the spill threshold), then ``begin()`` an outage that ``end()`` lifts
+    after ``outage_s`` while 80 MiB more are put, so Ray must spill during it.
+    Returns (refs, digests, seconds the second puts took)."""
+    refs, digests = _put_all(ray, _arrays(6, seed=seed))
+    begin()
+    ender = threading.Timer(outage_s, end)
+    ender.start()
+    try:
+        started = time.monotonic()
+        more_refs, more_digests = _put_all(ray, _arrays(10, seed=seed + 1))
+        put_s = time.monotonic() - started
+    finally:
+        ender.join()
+        end()
+    return refs + more_refs, digests + more_digests, put_s
+
+
 def _check_all(ray, refs, digests, timeout_s: float = 60.0):
     for ref, digest in zip(refs, digests):
         assert _digest(ray.get(ref, timeout=timeout_s)) == digest
@@ -541,23 +559,14 @@ def test_ray_paused_server_spill_resumes(ray_on_private_server):
     hangs once the server answers again, and every object restores byte for byte."""
     ray, server, prefix = ray_on_private_server
     client = server.client()
-    refs, digests = _put_all(ray, _arrays(6, seed=3))  # 48 MiB: below the spill threshold
     pause_s = 4.0
-    server.pause()
-    resumer = threading.Timer(pause_s, server.resume)
-    resumer.start()
-    try:
-        started = time.monotonic()
-        more_refs, more_digests = _put_all(ray, _arrays(10, seed=4))
-        put_s = time.monotonic() - started
-    finally:
-        resumer.join()
-        server.resume()
+    refs, digests, put_s = _put_through_an_outage(ray, server.pause, server.resume, pause_s,
+                                                  seed=3)
     logs = _logs_dir(ray)
     assert put_s < pause_s + 30, f"puts took {put_s:.1f}s after a {pause_s}s pause"
     _wait_for_keys(client, prefix)
     started = time.monotonic()
-    _check_all(ray, refs + more_refs, digests + more_digests)
+    _check_all(ray, refs, digests)
     assert time.monotonic() - started < 60
     # The failed attempts during the pause were logged at error level (by the backend, or by
     # Ray's IO worker around the exception the backend raised).

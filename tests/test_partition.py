@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
@@ -21,9 +20,9 @@ from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.connection import close_all
 from ray_valkey_spill.errors import BackendUnavailableError, SpillError
 from ray_valkey_spill.keyspace import scan_keys
-from test_faults import (CONNECT_TIMEOUT_S, FAST_FAIL, ONE_COMMAND_BOUND_S, _arrays, _check_all,
-                         _logs_dir, _put_all, _spill_failures_logged, _wait_for_keys,
-                         make_storage, restore, spill, start_ray, unique_prefix)
+from test_faults import (CONNECT_TIMEOUT_S, FAST_FAIL, ONE_COMMAND_BOUND_S, _check_all,
+                         _logs_dir, _put_through_an_outage, _spill_failures_logged,
+                         _wait_for_keys, make_storage, restore, spill, start_ray, unique_prefix)
 
 PASSWORD_ENV = "RVS_PARTITION_TEST_PASSWORD"
 
@@ -162,25 +161,15 @@ def test_ray_across_a_partition(healed):
                     password_env=PASSWORD_ENV, **FAST_FAIL)
     client = p.client()
     try:
-        refs, digests = _put_all(ray, _arrays(6, seed=11))  # 48 MiB: below the spill threshold
         cut_s = 4.0
-        p.cut()
-        healer = threading.Timer(cut_s, p.heal)
-        healer.start()
-        try:
-            started = time.monotonic()
-            more_refs, more_digests = _put_all(ray, _arrays(10, seed=12))
-            put_s = time.monotonic() - started
-        finally:
-            healer.join()
-            p.heal()
+        refs, digests, put_s = _put_through_an_outage(ray, p.cut, p.heal, cut_s, seed=11)
         assert put_s < cut_s + 30, f"puts took {put_s:.1f}s after a {cut_s}s partition"
         assert _spill_failures_logged(_logs_dir(ray)), "no spill met the partition"
         _wait_for_keys(client, prefix)
         started = time.monotonic()
-        _check_all(ray, refs + more_refs, digests + more_digests)
+        _check_all(ray, refs, digests)
         assert time.monotonic() - started < 60
-        del refs, more_refs
+        del refs
     finally:
         ray.shutdown()
     left = scan_keys(client, prefix + "*")
