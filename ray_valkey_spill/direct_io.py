@@ -16,11 +16,9 @@ import ssl
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
+from .errors import ServerReplyError
+
 _HEADER_READ = 256  # bytes asked for when only a reply header (e.g. b"$4194304\r\n") is due
-
-
-class ReplyError(Exception):
-    """The server answered with an error reply (e.g. -OOM, -NOPERM, -LOADING)."""
 
 
 class _Reader:
@@ -114,7 +112,7 @@ def send_all(sock, parts: list) -> None:
 
 def set_from(client, items: Sequence[tuple[str, object]]) -> None:
     """Pipeline ``SET key value`` for every (key, buffer) pair; values are sent from the
-    caller's buffers as they are. Raises ReplyError for the first error reply (e.g. OOM).
+    caller's buffers as they are. Raises ServerReplyError for the first error reply (e.g. OOM).
     Standalone clients only."""
     parts: list = []
     for key, value in items:
@@ -128,7 +126,7 @@ def set_from(client, items: Sequence[tuple[str, object]]) -> None:
         for _ in items:
             line = reader.line()
             if line[:1] == b"-":
-                error = error or ReplyError(line[1:].decode(errors="replace"))
+                error = error or ServerReplyError(line[1:].decode(errors="replace"))
             elif line != b"+OK":
                 raise ConnectionError(f"unexpected reply to SET: {line[:40]!r}")
     if error is not None:
@@ -160,7 +158,7 @@ def get_into(client, keys: Sequence[str],
                     reader.skip(2)
                 lengths.append(n)
             elif head[:1] == b"-":
-                error = error or ReplyError(head[1:].decode(errors="replace"))
+                error = error or ServerReplyError(head[1:].decode(errors="replace"))
                 lengths.append(None)
             else:
                 raise ConnectionError(f"unexpected reply to GET: {head[:40]!r}")

@@ -3,7 +3,8 @@
 Every error the package raises on purpose derives from ``RayValkeySpillError`` and is raised
 ``from`` its cause. Cache callers may treat ``BackendUnavailableError`` and
 ``CorruptValueError`` as a miss; spill and restore callers must not: a spilled object is the
-only copy of the user's data.
+only copy of the user's data. ``ServerReplyError`` (the server answered, and refused: NOPERM,
+WRONGTYPE, ...) and ``ConfigError`` are never misses: they mean a misconfigured deployment.
 """
 
 
@@ -27,6 +28,13 @@ class PluginError(RayValkeySpillError):
 
 class BackendUnavailableError(RayValkeySpillError):
     """The Valkey server could not be reached, refused us, or kept failing after retries."""
+
+
+class ServerReplyError(RayValkeySpillError):
+    """The server answered a command with an error reply (NOPERM, WRONGTYPE, OOM, LOADING...).
+
+    Not a connection problem: a cache caller must not treat it as a miss (a permission or type
+    problem would otherwise pass as an empty cache)."""
 
 
 class UnsafeServerError(RayValkeySpillError):

@@ -36,13 +36,13 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 from . import keys as K
 from .codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
 from .codec import scratch as codec_scratch
-from .direct_io import ReplyError, get_into, set_from
+from .direct_io import get_into, set_from
 from .config import SpillConfig
 from .connection import connect
 from .heartbeat import Heartbeat, start_driver_heartbeat, stop_driver_heartbeat
 from .keyspace import unlink_keys, unlink_matching
 from .errors import (BackendUnavailableError, CorruptObjectError, ObjectMissingError,
-                     RayValkeySpillError, SpillError)
+                     RayValkeySpillError, ServerReplyError, SpillError)
 from .metrics import spill_metrics
 from .server_checks import check_server
 from .shedding import shed_cache_entries
@@ -316,7 +316,7 @@ class ValkeyStorage(ExternalStorage):
     def _pipeline_set_direct(self, batch) -> None:
         try:
             set_from(self.client, batch)
-        except ReplyError as exc:
+        except ServerReplyError as exc:
             if str(exc).startswith("OOM"):
                 raise OutOfMemoryError(str(exc)) from exc
             raise
@@ -399,8 +399,8 @@ class ValkeyStorage(ExternalStorage):
             sub.items = items
             try:
                 self._read_job_direct(manifest, sub, client.get_valkey_connection(node))
-            except (ReplyError, OSError, ValkeyConnectionError, ValkeyTimeoutError) as exc:
-                if isinstance(exc, ReplyError) and not str(exc).startswith(
+            except (ServerReplyError, OSError, ValkeyConnectionError, ValkeyTimeoutError) as exc:
+                if isinstance(exc, ServerReplyError) and not str(exc).startswith(
                         ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING")):
                     raise
                 logger.info("direct read from %s: %s; reading through the cluster client",
@@ -450,9 +450,9 @@ class ValkeyStorage(ExternalStorage):
         while True:
             try:
                 return fn(*args)
-            except (OSError, ValkeyConnectionError, ValkeyTimeoutError, ReplyError,
+            except (OSError, ValkeyConnectionError, ValkeyTimeoutError, ServerReplyError,
                     *_CLUSTER_TRANSIENT) as exc:
-                transient = (not isinstance(exc, ReplyError) or str(exc).startswith("LOADING")
+                transient = (not isinstance(exc, ServerReplyError) or str(exc).startswith("LOADING")
                              or isinstance(exc, _CLUSTER_TRANSIENT))
                 # Cluster: keep retrying through a failover (bounded by time, not count).
                 exhausted = (time.monotonic() >= deadline if cluster

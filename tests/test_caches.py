@@ -511,3 +511,31 @@ def test_session_expires_after_inactivity(valkey_url, prefixes):
     store.append("s", "hello")
     time.sleep(1.2)
     assert store.last("s", 1) == []
+
+
+def test_refusals_are_server_reply_errors_not_misses(valkey_url, valkey_client, prefixes):
+    """WRONGTYPE (or NOPERM) from the server is a ServerReplyError, never a miss or an outage."""
+    from ray_valkey_spill.errors import ServerReplyError
+
+    kv = KVCache(valkey_url, "tiny-llm", prefix=prefixes["kv"])
+    tokens = np.arange(1000, 1070, dtype=np.int32)
+    assert kv.put(tokens, [_kv_block(i) for i in range(4)]) == 4
+    first = kv.block_keys(tokens)[0]
+    valkey_client.delete(first)
+    valkey_client.rpush(first, b"not a string")  # now GET answers WRONGTYPE
+    with pytest.raises(ServerReplyError, match="WRONGTYPE"):
+        kv.get(tokens)
+    sessions = SessionStore(valkey_url, prefix=prefixes["session"])
+    turns_key, _ = sessions._keys("s1")
+    valkey_client.set(turns_key, b"a string where a list belongs", ex=60)
+    with pytest.raises(ServerReplyError, match="WRONGTYPE"):
+        sessions.last("s1", 1)
+
+
+def test_session_bytes_that_are_not_json_are_corrupt_values(valkey_url, valkey_client, prefixes):
+    sessions = SessionStore(valkey_url, prefix=prefixes["session"])
+    sessions.append("s1", [{"role": "user", "content": "hi"}])
+    turns_key, _ = sessions._keys("s1")
+    valkey_client.rpush(turns_key, b"\xff{not json")
+    with pytest.raises(CorruptValueError, match="not JSON"):
+        sessions.last("s1", 2)

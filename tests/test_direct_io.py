@@ -3,7 +3,8 @@
 import pytest
 
 from ray_valkey_spill.connection import connect
-from ray_valkey_spill.direct_io import ReplyError, get_into, set_from
+from ray_valkey_spill.direct_io import get_into, set_from
+from ray_valkey_spill.errors import ServerReplyError
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_discarded_replies_are_skipped(client, spill_prefix):
 def test_error_reply_raises_and_pool_recovers(client, spill_prefix):
     client.rpush(spill_prefix + "list", b"x")
     client.set(spill_prefix + "ok", b"fine")
-    with pytest.raises(ReplyError, match="WRONGTYPE"):
+    with pytest.raises(ServerReplyError, match="WRONGTYPE"):
         get_into(client, [spill_prefix + "list", spill_prefix + "ok"],
                  lambda i, n: memoryview(bytearray(n)))
     assert client.get(spill_prefix + "ok") == b"fine"
@@ -83,6 +84,6 @@ def test_set_from_error_reply_raises_and_pool_recovers(client, spill_prefix, val
 
     with EmbeddedValkey(config={"maxmemory": "2mb", "maxmemory-policy": "noeviction"}) as small:
         c = connect_url(small.url)
-        with pytest.raises(ReplyError, match="OOM"):
+        with pytest.raises(ServerReplyError, match="OOM"):
             set_from(c, [(spill_prefix + "x", b"x" * 4_000_000), (spill_prefix + "y", b"y")])
         assert c.ping()

@@ -13,7 +13,7 @@ import warnings
 from typing import Any, Iterator
 
 from ..config import SpillConfig
-from ..errors import BackendUnavailableError, ConfigError
+from ..errors import BackendUnavailableError, ConfigError, ServerReplyError
 from ..metrics import CacheMetrics
 from ..prefixes import validate_prefix
 from ..server_checks import config_get, eviction_risk
@@ -109,13 +109,15 @@ def warn_if_allkeys_policy(client: Any) -> str | None:
 @contextlib.contextmanager
 def backend_errors(what: str) -> Iterator[None]:
     """Turn valkey-py connection failures into BackendUnavailableError (callers may treat it as a
-    miss); server replies that are errors pass through unchanged."""
+    miss) and error replies into ServerReplyError (NOPERM, WRONGTYPE: never a miss)."""
     import valkey
 
     try:
         yield
     except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError) as exc:
         raise BackendUnavailableError(f"{what}: Valkey unavailable: {exc}") from exc
+    except valkey.exceptions.ResponseError as exc:
+        raise ServerReplyError(f"{what}: the server refused: {exc}") from exc
 
 
 class Counters:

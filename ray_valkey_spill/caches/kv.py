@@ -78,7 +78,7 @@ def block_hashes(tokens: Any, block_size_tokens: int, extra: bytes) -> list[byte
 def _get_blocks(client, keys: list[str]) -> list[memoryview | None]:
     """GET every key in one pipeline, each reply received into its own uninitialised buffer:
     no parser buffer and no bytes object in between (MB-sized blocks would be copied twice)."""
-    from ..direct_io import ReplyError, get_into
+    from ..direct_io import get_into
 
     buffers: dict[int, np.ndarray] = {}
 
@@ -86,10 +86,8 @@ def _get_blocks(client, keys: list[str]) -> list[memoryview | None]:
         buffers[i] = np.empty(n, np.uint8)
         return memoryview(buffers[i])
 
-    try:
-        lengths = get_into(client, keys, destination)
-    except ReplyError as exc:  # e.g. WRONGTYPE, NOPERM: not a connection problem
-        raise BackendUnavailableError(f"GET of KV blocks refused: {exc}") from exc
+    # A ServerReplyError (WRONGTYPE, NOPERM) passes through: a denial is not a miss.
+    lengths = get_into(client, keys, destination)
     return [None if n is None else memoryview(buffers[i]) for i, n in enumerate(lengths)]
 
 

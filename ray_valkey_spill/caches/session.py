@@ -163,7 +163,7 @@ class SessionStore:
             raw = self.client.lrange(turns_key, -n, -1)
         (self.metrics.hit if raw else self.metrics.miss)(1)
         self.metrics.bytes_read(sum(len(item) for item in raw))
-        return [json.loads(item) for item in raw]
+        return [_json_value(item, turns_key) for item in raw]
 
     def trim(self, session_id: str, keep_last: int) -> None:
         """Keep only the last ``keep_last`` turns (0 removes them all); refresh the TTL."""
@@ -228,7 +228,7 @@ class SessionStore:
         if tag == _TAG_ARRAY:
             return self.codec.decode(body)
         if tag == _TAG_JSON:
-            return json.loads(body)
+            return _json_value(body, f"{results_key} field {name!r}")
         raise CorruptValueError(f"{results_key} field {name!r} has an unknown type tag {tag!r}")
 
     def touch(self, session_id: str) -> bool:
@@ -244,3 +244,11 @@ class SessionStore:
         turns_key, results_key = self._keys(session_id)
         with backend_errors(f"delete {turns_key}"):
             return int(self.client.unlink(turns_key, results_key))
+
+
+def _json_value(data: bytes, where: str) -> Any:
+    """Decode one stored JSON value; bytes that are not JSON are a CorruptValueError."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CorruptValueError(f"{where} holds bytes that are not JSON: {exc}") from exc
