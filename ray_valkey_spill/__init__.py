@@ -13,7 +13,7 @@ _EXPORTS = {
     "parse_spilling_config": "config",
     "SpillConfig": "config",
     "connect": "connection",
-    "EmbeddedValkey": "embedded",
+    "EmbeddedValkey": "testing.embedded",
     "RayValkeySpillError": "errors",
     "ConfigError": "errors",
     "PluginError": "errors",

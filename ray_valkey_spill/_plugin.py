@@ -128,7 +128,7 @@ def _called_from(function_name: str, depth: int = 6) -> bool:
 
 def _setup_valkey(module, config, node_id, session_name):
     from .config import parse_spilling_config
-    from .storage import ValkeyStorage
+    from .spill.ray_storage import ValkeyStorage
 
     parse_spilling_config(config)  # one clear ConfigError for any bad field
     # Only the head's validation (Node.validate_external_storage) checks the server eagerly:

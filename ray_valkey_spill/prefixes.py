@@ -1,5 +1,8 @@
 """Key prefixes of the four uses that share one Valkey instance, and the overlap rule.
 
+The one home of the tenant prefixes: everything else (config defaults, caches, shedding,
+stats, doctor, gc) reads them from here.
+
 Two uses must never share a key range: a SCAN, DEL or ACL pattern meant for one would reach
 the other. A prefix is refused when it is a prefix of another use's prefix, or the reverse.
 """
@@ -12,6 +15,15 @@ DEFAULT_PREFIXES: dict[str, str] = {
     "vllm_kv": "vllm:kv:",
     "session": "session:",
 }
+
+SPILL_PREFIX = DEFAULT_PREFIXES["ray"]
+EMBEDDING_PREFIX = DEFAULT_PREFIXES["emb"]
+KV_PREFIX = DEFAULT_PREFIXES["vllm_kv"]
+SESSION_PREFIX = DEFAULT_PREFIXES["session"]
+# Rebuildable entries (each with a TTL) that shedding may drop to make room for a spill.
+CACHE_PREFIXES: tuple[str, ...] = (EMBEDDING_PREFIX, KV_PREFIX, SESSION_PREFIX)
+# Every cache publishes its hit/miss counters in the hash ``<its prefix>_stats``.
+STATS_SUFFIX = "_stats"
 
 _MAX_PREFIX_LEN = 64
 

@@ -28,14 +28,14 @@ import logging
 from typing import Any, Sequence
 
 from .errors import BackendUnavailableError, ConfigError
+from .keyspace import SCAN_COUNT
+from .prefixes import CACHE_PREFIXES, SPILL_PREFIX
 
 logger = logging.getLogger("ray_valkey_spill")
 
-CACHE_PREFIXES: tuple[str, ...] = ("emb:", "vllm:kv:", "session:")
-PROTECTED_PREFIXES: tuple[str, ...] = ("ray:",)
+PROTECTED_PREFIXES: tuple[str, ...] = (SPILL_PREFIX,)
 DEFAULT_MAX_SAMPLE_KEYS = 2000
 WRITE_SLACK_BYTES = 1024 * 1024
-_SCAN_COUNT = 1000
 _PIPELINE_KEYS = 500
 
 
@@ -141,7 +141,7 @@ def shed_cache_entries(client: Any, bytes_needed: int,
         if target == 0:
             return 0
         # One SCAN per prefix, drawn from in turn, so each round samples every cache.
-        scans = {p: client.scan_iter(match=p + "*", count=_SCAN_COUNT) for p in prefixes}
+        scans = {p: client.scan_iter(match=p + "*", count=SCAN_COUNT) for p in prefixes}
         guard = tuple(q.encode() for q in protected_prefixes)
         while freed < target and scans:
             quota = max(1, max_sample_keys // len(scans))

@@ -6,7 +6,7 @@
 
 import sys
 
-from ray_valkey_spill.stress import main
+from ray_valkey_spill.tools.stress import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

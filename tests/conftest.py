@@ -14,6 +14,7 @@ import pytest
 
 from ray_valkey_spill import EmbeddedValkey, spilling_config
 from ray_valkey_spill.keyspace import scan_keys
+from ray_valkey_spill.spill.keys import is_manifest_key
 
 MiB = 1024 * 1024
 
@@ -68,7 +69,7 @@ def spill_and_restore(ray, client, prefix: str, what: str, seed: int) -> None:
     arrays = [rng.integers(0, 256, 8 * MiB, dtype=np.uint8) for _ in range(16)]
     refs = [ray.put(a) for a in arrays]
     deadline = time.monotonic() + 30
-    while not any(k.endswith(b":m") for k in scan_keys(client, prefix + "*")):
+    while not any(is_manifest_key(k) for k in scan_keys(client, prefix + "*")):
         assert time.monotonic() < deadline, f"nothing was spilled {what}"
         time.sleep(0.1)
     for ref, a in zip(refs, arrays):

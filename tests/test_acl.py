@@ -26,7 +26,7 @@ import yaml
 
 from ray_valkey_spill.config import SpillConfig
 from ray_valkey_spill.connection import connect
-from ray_valkey_spill.embedded import free_port, valkey_server_binary
+from ray_valkey_spill.testing.embedded import free_port, valkey_server_binary
 from ray_valkey_spill.errors import BackendUnavailableError
 from ray_valkey_spill.keyspace import scan_keys
 from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
@@ -239,45 +239,20 @@ def test_spill_user_passes_server_checks_without_config_permission(valkey_server
             check_server(wrong)
 
 
-class _FakeRef:
-    def __init__(self):
-        self._hex = secrets.token_hex(28)
-
-    def hex(self) -> str:
-        return self._hex
-
-
 def test_spill_user_spills_and_restores_through_the_backend(valkey_server, acl_users):
-    from ray_valkey_spill.storage import ValkeyStorage
-
-    class PlasmaFreeStorage(ValkeyStorage):
-        """The real backend with Ray's plasma store replaced by dictionaries."""
-
-        objects: dict = {}
-        restored: dict = {}
-
-        def _get_objects_from_store(self, refs):
-            return [self.objects[r.hex()] for r in refs]
-
-        def _put_object_to_store(self, metadata, size, file_like, ref, owner):
-            buf = bytearray(size)
-            view = memoryview(buf)
-            done = 0
-            while done < size:
-                done += file_like.readinto(view[done:])
-            self.restored[ref.hex()] = (bytes(buf), bytes(metadata), bytes(owner))
+    """The spill engine as the least-privilege ``rayspill`` user: spill, restore, delete, destroy."""
+    from ray_valkey_spill.spill.engine import SpillObject
+    from ray_valkey_spill.testing.harness import SpillHarness
 
     prefix = f"ray:acl{uuid.uuid4().hex[:8]}:"
     session, node = "session_acl", "node" + uuid.uuid4().hex[:8]
-    storage = PlasmaFreeStorage(node, session, url=valkey_server.url, prefix=prefix,
-                                username="rayspill", password_env=PW_ENV + "RAYSPILL",
-                                chunk_size_bytes=1 * MiB)
-    refs = [_FakeRef(), _FakeRef()]
+    harness = SpillHarness(valkey_server.url, prefix, session=session, node_id=node,
+                           username="rayspill", password_env=PW_ENV + "RAYSPILL",
+                           chunk_size_bytes=1 * MiB)
     payloads = [os.urandom(3 * MiB + 123), bytes(2 * MiB)]  # raw chunks, zstd chunks
-    for ref, data in zip(refs, payloads):
-        storage.objects[ref.hex()] = (data, b"meta", None)
     owners = [b"owner-a", b"owner-b"]
-    urls = storage.spill_objects(refs, owners)
+    urls = harness.engine.spill([SpillObject(secrets.token_hex(28), memoryview(data), b"meta", owner)
+                                 for data, owner in zip(payloads, owners)])
     assert len(urls) == 2
 
     client = _client(valkey_server.url, "rayspill")
@@ -285,14 +260,14 @@ def test_spill_user_spills_and_restores_through_the_backend(valkey_server, acl_u
     assert len(keys) == (4 + 1) + (2 + 1)  # chunks + manifest per object
     assert all(k.startswith(prefix.encode()) for k in keys)
 
-    restored = storage.restore_spilled_objects(refs, urls)
-    assert restored == sum(len(p) for p in payloads)
-    for ref, data, owner in zip(refs, payloads, owners):
-        assert storage.restored[ref.hex()] == (data, b"meta", owner)
+    for url, data, owner in zip(urls, payloads, owners):
+        target = bytearray(len(data))
+        reader = harness.restore_into(url, target)
+        assert (bytes(target), reader.metadata, reader.owner_address) == (data, b"meta", owner)
 
-    storage.delete_spilled_objects(urls[:1])
+    harness.delete(urls[:1])
     assert len(scan_keys(client, prefix + "*")) == 3
-    storage.destroy_external_storage()
+    harness.destroy()
     assert scan_keys(client, prefix + "*") == []
 
 

@@ -21,7 +21,7 @@ from ray_valkey_spill.errors import BackendUnavailableError
 from ray_valkey_spill.caches import (ArrayCodec, CacheValueError, CorruptValueError,
                                      EmbeddingCache, EvictionPolicyWarning, KVCache, SessionStore)
 from ray_valkey_spill.connection import connect
-from ray_valkey_spill.embedded import EmbeddedValkey
+from ray_valkey_spill.testing.embedded import EmbeddedValkey
 from ray_valkey_spill.keyspace import scan_keys, unlink_keys
 
 DIM = 768
@@ -78,7 +78,7 @@ class _RoundTrips:
 
 def test_importing_caches_shedding_and_stats_does_not_import_ray():
     code = ("import sys, ray_valkey_spill.caches, ray_valkey_spill.shedding, "
-            "ray_valkey_spill.stats; print('ray' in sys.modules)")
+            "ray_valkey_spill.tools.stats; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=60).stdout.strip()
     assert out == "False"

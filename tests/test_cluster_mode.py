@@ -15,10 +15,10 @@ import pytest
 import xxhash
 
 from conftest import MiB, start_ray, wait_for
-from ray_valkey_spill import keys as K
+from ray_valkey_spill.spill import keys as K
 from ray_valkey_spill import spilling_config
 from ray_valkey_spill.config import SpillConfig
-from ray_valkey_spill.embedded_cluster import EmbeddedValkeyCluster, slot_ranges
+from ray_valkey_spill.testing.embedded_cluster import EmbeddedValkeyCluster, slot_ranges
 from ray_valkey_spill.errors import UnsafeServerError
 
 PRIMARIES = 3
@@ -51,9 +51,9 @@ def per_primary(cluster, prefix, heartbeats=False) -> dict[int, list[bytes]]:
 
 
 def harness(url, prefix, **options):
-    from ray_valkey_spill.bench import BackendHarness
+    from ray_valkey_spill.testing.harness import SpillHarness
 
-    return BackendHarness(url, prefix, chunk_size_bytes=MiB, **options)
+    return SpillHarness(url, prefix, chunk_size_bytes=MiB, **options)
 
 
 # -- the embedded cluster itself ------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_check_server_refuses_a_cluster_with_one_allkeys_primary(vcluster):
 
 def test_stats_counts_every_primary(vcluster):
     """INFO and DBSIZE go to one node in valkey-py: stats must sum over every primary."""
-    from ray_valkey_spill.stats import collect
+    from ray_valkey_spill.tools.stats import collect
 
     tag = uuid.uuid4().hex[:8]
     with vcluster.client() as client:
@@ -130,7 +130,7 @@ def test_stats_counts_every_primary(vcluster):
 def test_doctor_reads_the_settings_of_every_node(vcluster, capsys):
     import json
 
-    from ray_valkey_spill.doctor import main as doctor_main
+    from ray_valkey_spill.tools.doctor import main as doctor_main
 
     def policy_rows() -> list[dict]:
         capsys.readouterr()
@@ -159,7 +159,7 @@ def test_chunks_spread_over_every_primary_and_moved_slots_are_followed(vcluster,
     h = harness(vcluster.url, cprefix)
     try:
         data = np.random.default_rng(3).integers(0, 256, 48 * MiB, dtype=np.uint8)
-        ref, url = h.spill(data)
+        url = h.spill(data)
         spill_url = K.parse_spill_url(url, cprefix)
         assert spill_url.n_chunks == 48
         counts = {i: len(k) for i, k in per_primary(vcluster, cprefix).items()}
@@ -174,16 +174,16 @@ def test_chunks_spread_over_every_primary_and_moved_slots_are_followed(vcluster,
             owner = vcluster.slot_owner(slot)
             assert vcluster.move_slot(slot, (owner + 1) % PRIMARIES) == 1
         target = np.zeros_like(data)
-        assert h.restore(ref, url, target) == data.nbytes
+        assert h.restore_into(url, target).size == data.nbytes
         assert xxhash.xxh3_64_intdigest(target) == xxhash.xxh3_64_intdigest(data)
 
-        ref2, url2 = h.spill(data[: 5 * MiB])  # writes after the map changed
+        h.spill(data[: 5 * MiB])  # writes after the map changed
         h.delete([url])
         left = per_primary(vcluster, cprefix)
         assert sum(len(k) for k in left.values()) == 6  # only the second object's 5 + manifest
         assert not any(spill_url.base_key.encode() in k for keys in left.values() for k in keys)
 
-        h.storage.destroy_external_storage()
+        h.destroy()
         assert all(not keys for keys in per_primary(vcluster, cprefix, heartbeats=True).values())
     finally:
         h.close()
@@ -210,11 +210,11 @@ def test_failover_and_crash_of_a_primary_lose_no_spilled_object():
             cluster.kill_node(victim)
             cluster.wait_ok(30)  # a replica is promoted after cluster-node-timeout (2 s)
             assert victim not in cluster.primary_indexes()
-            for (ref, url), want in zip(spilled, objs):
+            for url, want in zip(spilled, objs):
                 target = np.zeros_like(want)
-                h.restore(ref, url, target)
+                h.restore_into(url, target)
                 assert target.tobytes() == want.tobytes()
-            h.delete([url for _, url in spilled])
+            h.delete(spilled)
             assert all(not k for k in per_primary(cluster, prefix).values())
         finally:
             h.close()
@@ -226,12 +226,12 @@ def test_restore_during_the_failover_window_waits_for_the_new_primary():
         h = harness(cluster.url, prefix, retries=8)
         try:
             want = np.random.default_rng(9).integers(0, 256, 12 * MiB, dtype=np.uint8)
-            ref, url = h.spill(want)
+            url = h.spill(want)
             with cluster.nodes[0].client() as c:
                 c.execute_command("WAIT", 1, 2000)
             cluster.kill_node(0)
             target = np.zeros_like(want)
-            h.restore(ref, url, target)  # must ride out the ~3 s until node 3 takes over
+            h.restore_into(url, target)  # must ride out the ~3 s until node 3 takes over
             assert target.tobytes() == want.tobytes()
         finally:
             h.close()

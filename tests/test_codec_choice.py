@@ -7,29 +7,29 @@ import numpy as np
 import pytest
 
 from conftest import MiB
-from ray_valkey_spill import keys as K
-from ray_valkey_spill.bench import BackendHarness
-from ray_valkey_spill.codec import CODEC_RAW, CODEC_ZSTD, ChunkCodec, Manifest
-from ray_valkey_spill.storage import REPROBE_EVERY
+from ray_valkey_spill.spill import keys as K
+from ray_valkey_spill.testing.harness import SpillHarness
+from ray_valkey_spill.spill.codec import CODEC_RAW, CODEC_ZSTD, ChunkCodec, Manifest
+from ray_valkey_spill.spill.engine import REPROBE_EVERY
 
 
 @pytest.fixture
 def harness(valkey_url, spill_prefix):
-    h = BackendHarness(valkey_url, spill_prefix, chunk_size_bytes=MiB, connections=2)
+    h = SpillHarness(valkey_url, spill_prefix, chunk_size_bytes=MiB, connections=2)
     yield h
     h.close()
 
 
 def _codecs(h, url) -> list[int]:
-    spill_url = K.parse_spill_url(url, h.storage.config.prefix)
-    raw = h.storage.client.get(K.manifest_key(spill_url.base_key))
+    spill_url = K.parse_spill_url(url, h.config.prefix)
+    raw = h.client.get(K.manifest_key(spill_url.base_key))
     return [c.codec for c in Manifest.decode(raw, "manifest").chunks]
 
 
 def _round_trip(h, data: np.ndarray) -> list[int]:
-    ref, url = h.spill(data)
+    url = h.spill(data)
     back = np.empty_like(data)
-    h.restore(ref, url, back)
+    h.restore_into(url, back)
     assert back.tobytes() == data.tobytes()
     codecs = _codecs(h, url)
     h.delete([url])

@@ -1,7 +1,7 @@
 """Faults: a server killed, paused or restarted, and stored data corrupted.
 
 Two levels:
-- ``ValkeyStorage`` driven directly (no Ray; plasma is replaced by plain buffers) for exact
+- the spill engine driven directly (``SpillHarness``, no Ray) for exact
   timing bounds and for corruption, where the error must be ``CorruptObjectError``;
 - a real local Ray spilling to a PRIVATE embedded server that the test kills, pauses and
   restarts, checking what a user sees: ``ray.get`` returns the right bytes or fails, never
@@ -27,6 +27,9 @@ from ray_valkey_spill.connection import close_all, connect
 from ray_valkey_spill.errors import (BackendUnavailableError, CorruptObjectError,
                                      ObjectMissingError, RayValkeySpillError, SpillError)
 from ray_valkey_spill.keyspace import scan_keys
+from ray_valkey_spill.spill.engine import SpillObject
+from ray_valkey_spill.spill.keys import parse_spill_url
+from ray_valkey_spill.testing.harness import SpillHarness
 
 # Small timeouts so that a fault is detected fast: one command costs at most
 # (RETRIES + 1) * SOCKET_TIMEOUT_S plus backoff (connection.py: EqualJitterBackoff(base=0.05),
@@ -57,53 +60,27 @@ def unique_prefix(tag: str) -> str:
     return f"ray:{tag}{uuid.uuid4().hex[:8]}:"
 
 
-# -- storage level (no Ray) ---------------------------------------------------------------
-class _Ref:
-    def __init__(self, hex_id: str):
-        self._hex = hex_id
-
-    def hex(self) -> str:
-        return self._hex
+# -- engine level (no Ray) ----------------------------------------------------------------
+def make_storage(url: str, prefix: str, **options) -> SpillHarness:
+    """The spill engine of node0 in session sess0, driven without Ray."""
+    return SpillHarness(url, prefix, session="sess0", node_id="node0", **options)
 
 
-def make_storage(url: str, prefix: str, **options):
-    """A ValkeyStorage whose plasma side is a dict: ``objects[hex] = (buf, metadata)``."""
-    from ray_valkey_spill.storage import ValkeyStorage
-
-    storage = ValkeyStorage("node0", "sess0", url=url, prefix=prefix, **options)
-    storage.objects = {}
-    storage.restored = {}
-    storage._get_objects_from_store = lambda refs: [
-        (*storage.objects[r.hex()], None) for r in refs]
-
-    def put(metadata, size, reader, ref, owner):
-        buf = memoryview(bytearray(size))
-        pos = 0
-        while pos < size:
-            n = reader.readinto(buf[pos:])
-            assert n and n > 0, "readinto must make progress or raise"
-            pos += n
-        storage.restored[ref.hex()] = (bytes(metadata), buf.tobytes(), bytes(owner))
-
-    storage._put_object_to_store = put
-    return storage
-
-
-def spill(storage, payloads: dict[str, bytes]) -> dict[str, bytes]:
-    """Spill ``{hex: data}``; return ``{hex: url}``."""
-    refs = [_Ref(h) for h in payloads]
-    for h, data in payloads.items():
-        storage.objects[h] = (data, b"meta-" + h.encode())
-    urls = storage.spill_objects(refs, [b"owner-" + r.hex().encode() for r in refs])
-    assert len(urls) == len(refs)
+def spill(storage: SpillHarness, payloads: dict[str, bytes]) -> dict[str, bytes]:
+    """Spill ``{hex: data}`` in one call; return ``{hex: url}``."""
+    urls = storage.engine.spill([
+        SpillObject(h, memoryview(data), b"meta-" + h.encode(), b"owner-" + h.encode())
+        for h, data in payloads.items()])
+    assert len(urls) == len(payloads)
     return dict(zip(payloads, urls))
 
 
-def restore(storage, hex_id: str, url: bytes) -> bytes:
-    storage.restore_spilled_objects([_Ref(hex_id)], [url])
-    metadata, data, owner = storage.restored.pop(hex_id)
-    assert metadata == b"meta-" + hex_id.encode() and owner == b"owner-" + hex_id.encode()
-    return data
+def restore(storage: SpillHarness, hex_id: str, url: bytes) -> bytes:
+    target = bytearray(parse_spill_url(url, storage.config.prefix).size)  # an upper bound
+    reader = storage.restore_into(url, target)
+    assert reader.metadata == b"meta-" + hex_id.encode()
+    assert reader.owner_address == b"owner-" + hex_id.encode()
+    return bytes(target[:reader.size])
 
 
 @pytest.fixture
@@ -228,7 +205,7 @@ def test_restore_from_a_dead_server_raises_a_package_error(private_server):
 def test_paused_server_spill_is_bounded_not_per_batch(private_server):
     """SIGSTOP: the spill must give up after about one command's retries, not once per batch.
 
-    256 MiB in 1 MiB chunks makes 16 pipelines (storage.BATCH_BYTES = 16 MiB). With one
+    256 MiB in 1 MiB chunks makes 16 pipelines (transport.BATCH_BYTES = 16 MiB). With one
     connection, a spill that keeps submitting batches after the first failure waits
     (RETRIES + 1) * SOCKET_TIMEOUT_S for EACH of them: with the default 30 s timeout and a
     multi-GB spill that is hours of a stuck spill worker."""
@@ -320,7 +297,7 @@ def test_objects_deleted_while_the_server_is_down_are_removed_once_it_is_back(pr
     urls = spill(storage, {"d001": os.urandom(100_000), "d002": os.urandom(1000)})
     private_server.kill()
     with pytest.raises(Exception):
-        storage.delete_spilled_objects([urls["d001"]])
+        storage.delete([urls["d001"]])
     private_server.start()  # the keys come back from the AOF
     client = private_server.client()
     assert scan_keys(client, prefix + "*d001*"), "the AOF lost the keys: the test proves nothing"
@@ -331,9 +308,9 @@ def test_objects_deleted_while_the_server_is_down_are_removed_once_it_is_back(pr
 
 def test_leftover_chunks_are_rechecked_for_a_while_then_forgotten(monkeypatch):
     """The bookkeeping behind the test above (no server): expiry and the size cap."""
-    from ray_valkey_spill.storage import _LeftoverChunks
+    from ray_valkey_spill.spill.leftovers import LeftoverObjects
 
-    leftovers = _LeftoverChunks()
+    leftovers = LeftoverObjects()
     monkeypatch.setattr(leftovers, "MAX_OBJECTS", 3)
     leftovers.add([("a", 1), ("b", 2)])
     leftovers.add([("c", 1), ("d", 4)])

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from ray_valkey_spill.codec import (CODEC_RAW, CODEC_ZSTD, ChunkCodec, ChunkInfo, Manifest,
+from ray_valkey_spill.spill.codec import (CODEC_RAW, CODEC_ZSTD, ChunkCodec, ChunkInfo, Manifest,
                                     checksum)
 from ray_valkey_spill.config import (OPTIONS, SCHEMES, ServerAddress, SpillConfig,
                                      parse_spilling_config, parse_url)
 from ray_valkey_spill.errors import (ConfigError, CorruptObjectError, InvalidSpillURLError,
                                      RayValkeySpillError)
-from ray_valkey_spill.keys import SpillURL, new_base_key, parse_spill_url
+from ray_valkey_spill.spill.keys import SpillURL, new_base_key, parse_spill_url
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

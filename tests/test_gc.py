@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 
 from conftest import MiB
-from ray_valkey_spill.heartbeat import INTERVAL_ENV
+from ray_valkey_spill.spill.heartbeat import INTERVAL_ENV
 from ray_valkey_spill import EmbeddedValkey, spilling_config
-from ray_valkey_spill.cli import main as cli_main
+from ray_valkey_spill.tools.cli import main as cli_main
 from ray_valkey_spill.connection import close_all
-from ray_valkey_spill.gc import DELETE, KEEP_LIVE, KEEP_YOUNG, main as gc_main, parse_key
+from ray_valkey_spill.spill.keys import parse_key
+from ray_valkey_spill.tools.gc import DELETE, KEEP_LIVE, KEEP_YOUNG, main as gc_main
 from ray_valkey_spill.keyspace import scan_keys
 
 OBJ_MIB = 8
@@ -141,7 +142,7 @@ def dead_cluster(server, tmp_path_factory):
         cluster = None
         # destroy was switched off above, so the driver's session stamp was not removed at
         # shutdown; the driver of a crashed cluster is gone too: stop its stamp.
-        from ray_valkey_spill.heartbeat import stop_driver_heartbeat
+        from ray_valkey_spill.spill.heartbeat import stop_driver_heartbeat
 
         stop_driver_heartbeat(prefix, session)
         result.update(session=session, worker_id=worker_id, killed_at=killed_at,
@@ -305,7 +306,7 @@ def test_gc_refuses_foreign_prefixes_and_passwords_in_urls(server, capsys):
 
 
 def test_unreachable_server_is_a_clean_error(capsys):
-    from ray_valkey_spill.embedded import free_port
+    from ray_valkey_spill.testing.embedded import free_port
 
     assert gc_main(["--url", f"valkey://127.0.0.1:{free_port()}/0", "--quiet"]) == 2
     assert "gc" in capsys.readouterr().err
@@ -313,7 +314,7 @@ def test_unreachable_server_is_a_clean_error(capsys):
 
 def test_heartbeat_that_comes_back_stops_the_deletion(server, capsys):
     """A session judged gone whose heartbeat is fresh again by the time gc deletes is kept."""
-    import ray_valkey_spill.gc as gc_module
+    import ray_valkey_spill.tools.gc as gc_module
 
     prefix = f"ray:gcr{uuid.uuid4().hex[:8]}:"
     client = server.client()
@@ -343,7 +344,7 @@ def test_gc_asks_a_running_cluster_which_session_is_live(server, capsys):
     """A cluster started with ``ray start --head`` has no driver stamp; when every node that
     spilled has died, heartbeats alone would doom objects their owners can still restore.
     ``--ray-address`` asks the cluster's GCS instead."""
-    from ray_valkey_spill.heartbeat import stop_driver_heartbeat
+    from ray_valkey_spill.spill.heartbeat import stop_driver_heartbeat
 
     prefix = f"ray:gcg{uuid.uuid4().hex[:8]}:"
     client = server.client()
@@ -418,7 +419,7 @@ def test_orphan_grace_below_the_session_grace_is_refused(server, capsys):
 def test_a_removed_worker_stamp_is_not_brought_back_until_the_next_spill(server):
     """``ray.shutdown()`` removes a node's keys while its IO workers still beat; a beat after
     that must not leave a stamp behind (the flaky leftover ``...:hb`` this guards against)."""
-    from ray_valkey_spill.heartbeat import Heartbeat
+    from ray_valkey_spill.spill.heartbeat import Heartbeat
 
     client = server.client()
     key = "ray:hbtest:session_x:node_y:hb"
@@ -461,7 +462,7 @@ def _wait_until(predicate, timeout_s=5.0):
     ([2000.0], 500.0, False, "keep: live"),            # a beat from the future (clock skew)
 ])
 def test_verdicts(beats, min_idle, idle_unknown, expected):
-    from ray_valkey_spill.gc import SessionInfo
+    from ray_valkey_spill.tools.gc import SessionInfo
 
     info = SessionInfo("s", keys=3, min_idle_s=min_idle, idle_unknown=idle_unknown)
     info.heartbeats = {f"ray:s:n{i}:hb": t for i, t in enumerate(beats)}

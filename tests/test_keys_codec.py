@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ray_valkey_spill import keys as K
-from ray_valkey_spill.codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
+from ray_valkey_spill.spill import keys as K
+from ray_valkey_spill.spill.codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
 from ray_valkey_spill.errors import CorruptObjectError, InvalidSpillURLError
 
 SESSION = "session_2026-11-30_00-00-00_000000_1"
@@ -116,7 +116,7 @@ def test_manifest_round_trip_and_corruption():
 @pytest.mark.parametrize("width", [2, 4, 8])
 @pytest.mark.parametrize("extra", [0, 1, 7])
 def test_unshuffle_inverts_shuffle(width, extra):
-    from ray_valkey_spill.codec import shuffle, unshuffle_into
+    from ray_valkey_spill.spill.codec import shuffle, unshuffle_into
 
     rng = np.random.default_rng(width + extra)
     noise = rng.bytes(width * 1000 + extra)
@@ -131,7 +131,7 @@ def test_unshuffle_inverts_shuffle(width, extra):
 
 @pytest.mark.parametrize("dtype,width", [(np.int64, 8), (np.int32, 4)])
 def test_token_ids_are_byte_shuffled_and_restore_exactly(dtype, width):
-    from ray_valkey_spill.codec import SHUFFLE_WIDTHS
+    from ray_valkey_spill.spill.codec import SHUFFLE_WIDTHS
 
     tokens = np.random.default_rng(4).integers(0, 30_000, 200_001, dtype=np.int64).astype(dtype)
     data = tokens.tobytes() + b"tail"  # a ragged tail stays in place
@@ -153,7 +153,7 @@ def test_io_workers_import_neither_numpy_nor_pyarrow_at_start_up():
     import subprocess
     import sys
 
-    code = ("import sys, ray_valkey_spill.storage as s; "
+    code = ("import sys, ray_valkey_spill.spill.ray_storage as s; "
             "s.ValkeyStorage('node', 'session', url='valkey://127.0.0.1:1/0'); "
             "print(sorted(m for m in ('numpy', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -140,43 +140,23 @@ def test_caches_feed_cache_metrics(fake_metrics, valkey_url):
         sessions.delete("s1")
 
 
-# -- storage.py's call sites, in process (a dict stands in for plasma) -------------------------
-class _Ref:
-    def __init__(self, hex_id: str):
-        self._hex = hex_id
-
-    def hex(self) -> str:
-        return self._hex
-
-
+# -- the spill engine's call sites, in process (no Ray) ---------------------------------------
 def _storage(url: str, prefix: str):
-    from ray_valkey_spill.storage import ValkeyStorage
+    from ray_valkey_spill.testing.harness import SpillHarness
 
-    storage = ValkeyStorage("node0", "sess0", url=url, prefix=prefix, compression="zstd",
-                            chunk_size_bytes=64 * 1024)
-    storage.objects = {}
-    storage._get_objects_from_store = lambda refs: [(*storage.objects[r.hex()], None)
-                                                    for r in refs]
-
-    def put(metadata, size, reader, ref, owner):
-        buf = memoryview(bytearray(size))
-        pos = 0
-        while pos < size:
-            pos += reader.readinto(buf[pos:])
-
-    storage._put_object_to_store = put
-    return storage
+    return SpillHarness(url, prefix, session="sess0", node_id="node0", compression="zstd",
+                        chunk_size_bytes=64 * 1024)
 
 
 def test_storage_records_spill_restore_delete_and_errors(fake_metrics, valkey_url, spill_prefix):
     from ray_valkey_spill.errors import ObjectMissingError
 
+    from ray_valkey_spill.spill.engine import SpillObject
+
     storage = _storage(valkey_url, spill_prefix)
     payloads = {f"{i:02x}" * 4: bytes(200_000 + i) for i in range(3)}  # zeros: compressible
-    for h, data in payloads.items():
-        storage.objects[h] = (data, b"meta")
-    refs = [_Ref(h) for h in payloads]
-    urls = storage.spill_objects(refs, [b"owner" for _ in refs])
+    urls = storage.engine.spill([SpillObject(h, memoryview(data), b"meta", b"owner")
+                                 for h, data in payloads.items()])
     sizes = [24 + len(b"owner") + len(b"meta") + len(d) for d in payloads.values()]
     assert fake_metrics["spilled_objects"].calls == [("inc", 3, None)]
     assert fake_metrics["spilled_bytes"].calls == [("inc", sum(sizes), None)]
@@ -184,24 +164,23 @@ def test_storage_records_spill_restore_delete_and_errors(fake_metrics, valkey_ur
     assert 0 < stored < sum(sizes) / 10  # zstd on zeros; manifests included
     assert len(fake_metrics["spill_seconds"].calls) == 1
 
-    storage.restore_spilled_objects([refs[0]], [urls[0]])
+    storage.restore(urls[0])
     assert fake_metrics["restored_objects"].calls == [("inc", 1, None)]
     assert fake_metrics["restored_bytes"].calls == [("inc", sizes[0], None)]
     assert len(fake_metrics["restore_seconds"].calls) == 1
 
-    storage.delete_spilled_objects(urls[:2] + [b"not-a-url"])
+    storage.delete(urls[:2] + [b"not-a-url"])
     assert fake_metrics["deleted_objects"].calls == [("inc", 2, None)]
     assert fake_metrics["deleted_bytes"].calls == [("inc", sizes[0] + sizes[1], None)]
     with pytest.raises(ObjectMissingError):
-        storage.restore_spilled_objects([refs[0]], [urls[0]])
-    storage.objects["ffff"] = (None, b"")  # "does not exist" in plasma
-    with pytest.raises(ValueError):
-        storage.spill_objects([_Ref("ffff")], [b"owner"])
+        storage.restore(urls[0])
+    with pytest.raises(ValueError):  # "does not exist": no data and no metadata
+        storage.engine.spill([SpillObject("ffff", None, b"", b"owner")])
     assert fake_metrics["errors"].calls == [
         ("inc", 1, {"operation": "delete", "kind": "InvalidSpillURLError"}),
         ("inc", 1, {"operation": "restore", "kind": "ObjectMissingError"}),
         ("inc", 1, {"operation": "spill", "kind": "ValueError"})]
-    storage.delete_spilled_objects(urls[2:])
+    storage.delete(urls[2:])
 
 
 # -- the real export path: a local Ray, its metrics agent, /metrics ----------------------------

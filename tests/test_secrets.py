@@ -210,7 +210,7 @@ def test_url_with_password_is_refused_by_ray_init():
 def _doctor(argv, capsys):
     import json
 
-    from ray_valkey_spill.cli import main as cli_main
+    from ray_valkey_spill.tools.cli import main as cli_main
 
     capsys.readouterr()
     rc = cli_main(["doctor", "--json", "--pings", "5", *argv])
@@ -298,7 +298,7 @@ def test_doctor_flags_unsafe_server_settings(capsys):
         assert checks["latency"]["status"] == "OK" and "p50" in checks["latency"]["detail"]
         assert rc == 0  # warnings only (no password, other tenants reachable)
     # plaintext to a non-loopback host is a warning even before anything answers
-    from ray_valkey_spill.embedded import free_port
+    from ray_valkey_spill.testing.embedded import free_port
 
     rc, checks = _doctor(["--url", f"valkey://192.0.2.123:{free_port()}/0",
                           "--connect-timeout-s", "0.3"], capsys)

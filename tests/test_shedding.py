@@ -17,9 +17,9 @@ import valkey
 
 from ray_valkey_spill import ConfigError
 from ray_valkey_spill.caches import EmbeddingCache, KVCache, SessionStore
-from ray_valkey_spill.embedded import EmbeddedValkey
+from ray_valkey_spill.testing.embedded import EmbeddedValkey
 from ray_valkey_spill.shedding import shed_cache_entries
-from ray_valkey_spill import stats
+from ray_valkey_spill.tools import stats
 
 MiB = 1024 * 1024
 

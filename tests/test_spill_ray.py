@@ -217,7 +217,7 @@ def test_a_flipped_byte_is_detected_and_never_returned(valkey_url, valkey_client
 def test_unreachable_server_fails_ray_init_quickly():
     import ray
 
-    from ray_valkey_spill.embedded import free_port
+    from ray_valkey_spill.testing.embedded import free_port
 
     started = time.monotonic()
     with pytest.raises(BackendUnavailableError, match="cannot reach Valkey"):
@@ -272,8 +272,8 @@ def test_full_server_sheds_cache_entries_never_spilled_objects():
 
 def test_destroy_removes_exactly_this_nodes_keys_of_this_session(valkey_url, valkey_client,
                                                                spill_prefix):
-    from ray_valkey_spill import keys as K
-    from ray_valkey_spill.storage import ValkeyStorage
+    from ray_valkey_spill.spill import keys as K
+    from ray_valkey_spill.spill.ray_storage import ValkeyStorage
 
     me, other_node, other_session = ("ab" * 28, "s_me"), ("cd" * 28, "s_me"), ("ab" * 28, "s_x")
     written = {}

@@ -23,7 +23,7 @@ from conftest import MiB, spill_and_restore
 from ray_valkey_spill import EmbeddedValkey, spilling_config
 from ray_valkey_spill.config import SpillConfig
 from ray_valkey_spill.connection import close_all, connect
-from ray_valkey_spill.embedded import free_port
+from ray_valkey_spill.testing.embedded import free_port
 from ray_valkey_spill.errors import BackendUnavailableError
 from ray_valkey_spill.server_checks import check_server
 
@@ -203,7 +203,7 @@ def test_plaintext_client_cannot_talk_to_the_tls_port(tls):
 def test_doctor_reports_tls(tls, capsys):
     import json
 
-    from ray_valkey_spill.doctor import main as doctor_main
+    from ray_valkey_spill.tools.doctor import main as doctor_main
 
     url = f"valkeys://127.0.0.1:{tls['ports']['tls']}/0"
     assert doctor_main(["--url", url, "--ssl-ca-certs", tls["ca"], "--json", "--pings", "3"]) == 0

@@ -25,7 +25,6 @@ MAX_TTL_SECONDS = 365 * 24 * 3600
 # anyway: cross-process hit rates for `ray-valkey-spill stats` without an extra round trip.
 DEFAULT_STATS_FLUSH_SECONDS = 10.0
 STATS_TTL_SECONDS = 7 * 24 * 3600
-STATS_SUFFIX = "_stats"
 
 
 class EvictionPolicyWarning(UserWarning):

@@ -18,15 +18,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._base import (DEFAULT_STATS_FLUSH_SECONDS, STATS_SUFFIX, Counters, KeyedArrayCache, backend_errors,
+from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, backend_errors,
                     check_cache_prefix, check_ttl, is_cluster, key_part, resolve_client,
                     warn_if_allkeys_policy)
 from ._values import ArrayCodec, CorruptValueError, as_numpy
 from ..errors import BackendUnavailableError, ConfigError
+from ..prefixes import EMBEDDING_PREFIX, STATS_SUFFIX
 
 logger = logging.getLogger("ray_valkey_spill")
 
-DEFAULT_PREFIX = "emb:"
+DEFAULT_PREFIX = EMBEDDING_PREFIX
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 
 Text = str | bytes

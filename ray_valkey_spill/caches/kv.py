@@ -22,15 +22,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._base import (DEFAULT_STATS_FLUSH_SECONDS, STATS_SUFFIX, Counters, KeyedArrayCache, backend_errors,
+from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, backend_errors,
                     check_cache_prefix, check_ttl, is_cluster, key_part, resolve_client,
                     warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError, as_numpy
-from ..errors import BackendUnavailableError, ConfigError
+from ..errors import ConfigError
+from ..prefixes import KV_PREFIX, STATS_SUFFIX
 
 logger = logging.getLogger("ray_valkey_spill")
 
-DEFAULT_PREFIX = "vllm:kv:"
+DEFAULT_PREFIX = KV_PREFIX
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 # The chain's root. Any fixed value works; it is versioned so a format change changes all keys.

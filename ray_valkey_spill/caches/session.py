@@ -28,9 +28,10 @@ from ._base import (backend_errors, check_cache_prefix, check_ttl, is_cluster, k
                     resolve_client, warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError
 from ..errors import BackendUnavailableError, ConfigError
+from ..prefixes import SESSION_PREFIX
 from ..metrics import CacheMetrics
 
-DEFAULT_PREFIX = "session:"
+DEFAULT_PREFIX = SESSION_PREFIX
 DEFAULT_TTL_SECONDS = 30 * 60
 DEFAULT_MAX_TURNS = 1000
 

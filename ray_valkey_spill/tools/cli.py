@@ -9,7 +9,7 @@ import sys
 def _cmd_config(args) -> int:
     import json
 
-    from .config import spilling_config
+    from ..config import spilling_config
 
     options = {}
     for item in args.option or []:
@@ -23,7 +23,7 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_options(args) -> int:
-    from .config import option_table_markdown
+    from ..config import option_table_markdown
 
     print(option_table_markdown())
     return 0
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(func=_delegate(_DELEGATED[argv[0]][0]), rest=argv[1:])
     else:
         args = parser.parse_args(argv)
-    from .errors import RayValkeySpillError
+    from ..errors import RayValkeySpillError
 
     try:
         return args.func(args)

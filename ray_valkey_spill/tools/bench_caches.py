@@ -14,7 +14,7 @@ bf16 bits = 1.75 MiB. ``KVCache.put`` / ``get`` (one pipeline) run against raw p
 Every batch/request is timed on its own; a cell is the median over all batches of --runs
 (>= 3) runs, interleaved, so that noise from other work on a shared machine hits one sample.
 Example:
-    python scripts/bench_caches.py --runs 3 --out bench_caches.json
+    ray-valkey-spill bench-caches --runs 3 --out bench_caches.json
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import uuid
 from typing import Callable
 
 import numpy as np
+
+from ..keyspace import unlink_matching
 
 MiB = 1024 * 1024
 
@@ -94,7 +96,7 @@ def emb_raw(client, texts, vectors, batch, ttl):
 
 
 def emb_ours(client, texts, vectors, batch, ttl):
-    from ray_valkey_spill.caches import EmbeddingCache
+    from ..caches import EmbeddingCache
 
     cache = EmbeddingCache(client, f"bench-{uuid.uuid4().hex[:6]}", ttl_seconds=ttl)
 
@@ -130,9 +132,7 @@ def emb_redisvl(url, texts, vectors, batch, ttl):
 
     spans = batches(len(texts), batch)
     t_put, t_get = timed_each(put, spans), timed_each(get, spans)
-    keys = list(client.scan_iter(match=name + "*", count=1000))
-    for i in range(0, len(keys), 1000):
-        client.unlink(*keys[i:i + 1000])
+    unlink_matching(client, name + "*")
     client.close()
     return t_put, t_get
 
@@ -169,7 +169,7 @@ def kv_raw(client, blocks, ttl):
     """The floor: pipelined SET EX through valkey-py (values sent without a copy), and GETs on a
     plain socket received straight into a preallocated buffer (bench.RawClient): the server's
     own GET speed for this value size, with no parser in between."""
-    from ray_valkey_spill.bench import RawClient
+    from .rawclient import RawClient
 
     run = uuid.uuid4().hex[:6]
     spans = batches(len(blocks), KV_REQUEST_BLOCKS)
@@ -198,7 +198,7 @@ def kv_raw(client, blocks, ttl):
 
 
 def kv_ours(client, blocks, ttl):
-    from ray_valkey_spill.caches import KVCache
+    from ..caches import KVCache
 
     kv = KVCache(client, f"bench-{uuid.uuid4().hex[:6]}", ttl_seconds=ttl)
     # One request = one sequence of KV_REQUEST_BLOCKS blocks; sequences differ in token 0.
@@ -236,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.url
     if url is None:
-        from ray_valkey_spill.embedded import EmbeddedValkey
+        from ..testing.embedded import EmbeddedValkey
 
         server = EmbeddedValkey(config={"maxmemory": "2gb"})
         url = server.url
     try:
-        from ray_valkey_spill.connection import connect
+        from ..connection import connect
 
         client = connect(url)
         version = client.info("server").get("valkey_version") or client.info("server").get(

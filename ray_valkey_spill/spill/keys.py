@@ -4,6 +4,7 @@
     chunk i    <base key>:<i>
     manifest   <base key>:m
     heartbeat  <prefix><session>:<node_id>:hb   (unix time of the last beat; no TTL)
+    (nonce: 8 hex digits; ``parse_key`` accepts 1-32, the shapes older versions wrote)
     Ray URL    valkey://spill/<base key>?offset=0&size=<object bytes>&chunks=<n>
 
 Session and node come first so that ``destroy`` and ``gc`` find one node's keys of one session
@@ -20,13 +21,16 @@ import secrets
 import urllib.parse
 from dataclasses import dataclass
 
-from .errors import InvalidSpillURLError
+from ..errors import InvalidSpillURLError
 
 URL_SCHEME = "valkey"
 URL_HOST = "spill"  # Ray's URL parser needs a non-empty host part
 MANIFEST_SUFFIX = ":m"
 HEARTBEAT_SUFFIX = ":hb"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+# What follows <prefix><session>:<node>: in a key this backend writes; anything else under the
+# prefix (e.g. a nested prefix such as ray:team:<session>:...) is not ours.
+_REST = re.compile(r"^(?:hb|[A-Za-z0-9_.\-]{1,128}\.[0-9a-f]{1,32}:(?:m|0|[1-9][0-9]{0,8}))$")
 _MAX_CHUNKS = 1 << 24
 
 
@@ -55,6 +59,29 @@ def split_key(prefix: str, key: str) -> tuple[str, str, str] | None:
     if len(parts) != 3 or not all(_NAME.match(p) for p in parts[:2]):
         return None
     return parts[0], parts[1], parts[2]
+
+
+def parse_key(prefix: str, key: str) -> tuple[str, str, bool] | None:
+    """(session, node_id, is_heartbeat) of a chunk, manifest or heartbeat key this backend
+    wrote under ``prefix``; None for any other key."""
+    parts = split_key(prefix, key)
+    if parts is None or not _REST.match(parts[2]):
+        return None
+    return parts[0], parts[1], parts[2] == HEARTBEAT_SUFFIX[1:]
+
+
+def chunk_base(key: str) -> str | None:
+    """The object's base key of a chunk key (``<base>:<n>``); None for manifests and beats."""
+    base, _, last = key.rpartition(":")
+    return base if last.isdigit() else None
+
+
+def is_manifest_key(key: str | bytes) -> bool:
+    return key.endswith(MANIFEST_SUFFIX if isinstance(key, str) else MANIFEST_SUFFIX.encode())
+
+
+def is_heartbeat_key(key: str | bytes) -> bool:
+    return key.endswith(HEARTBEAT_SUFFIX if isinstance(key, str) else HEARTBEAT_SUFFIX.encode())
 
 
 def new_base_key(prefix: str, session: str, node_id: str, object_hex: str) -> str:

@@ -9,11 +9,11 @@ For each shard count a local cluster (``EmbeddedValkeyCluster``, spill-safe sett
 started once; the repetitions then alternate between shard counts so that background load on a
 shared machine hits every configuration alike. Three layers are measured, medians printed:
 
-1. ``ray``: the stress workload (``ray_valkey_spill.stress.run_once``): ``--total-gib`` of
+1. ``ray``: the stress workload (``workload.run_once``): ``--total-gib`` of
    objects put through a small object store (most of it spills), then read back in order, in
    random order and from tasks, every byte checked. A fresh local Ray per run.
-2. ``backend``: the spill backend alone (``bench.BackendHarness``, no Ray): one large object
-   written and read back through ``ValkeyStorage``, every byte checked.
+2. ``backend``: the spill backend alone (``testing.harness.SpillHarness``, no Ray): one large object
+   written and read back through the spill engine, every byte checked.
 3. ``server``: ``redis-benchmark`` (if installed) SET/GET of 1 MiB values, ``--cluster`` for
    more than one shard: what the shards themselves sustain on this machine.
 
@@ -54,33 +54,35 @@ SERVER_ROWS = [("set_gibps", "server SET 1 MiB GiB/s"), ("get_gibps", "server GE
 
 
 def ray_run(url: str, args) -> dict:
-    from ray_valkey_spill import stress
+    from .workload import add_workload_options, run_once
 
     argv = ["--total-gib", str(args.total_gib), "--object-mib", str(args.object_mib),
             "--object-store-mib", str(args.object_store_mib), "--num-cpus", "2",
-            "--chunk-size-bytes", str(args.chunk_size_bytes), "--no-progress"]
-    result = stress.run_once("valkey", stress.parse_args(argv), url, progress=False)
+            "--chunk-size-bytes", str(args.chunk_size_bytes)]
+    parser = argparse.ArgumentParser()
+    add_workload_options(parser)
+    result = run_once("valkey", parser.parse_args(argv), url, progress=False)
     fig = dict(result.figures)
     fig["errors"] = result.errors
     return fig
 
 
 def backend_run(url: str, args) -> dict:
-    from ray_valkey_spill.bench import BackendHarness
+    from ..testing.harness import SpillHarness
 
     data = np.random.default_rng(int(time.time())).integers(
         0, 256, args.backend_mib * MiB, dtype=np.uint8)
     target = np.zeros_like(data)
-    h = BackendHarness(url, f"ray:bs{uuid.uuid4().hex[:8]}:", chunk_size_bytes=args.chunk_size_bytes,
-                       compression="none")
+    h = SpillHarness(url, f"ray:bs{uuid.uuid4().hex[:8]}:", chunk_size_bytes=args.chunk_size_bytes,
+                     compression="none")
     try:
-        h.storage._pool()
-        h.storage.client.ping()
+        h.connect()
+        h.client.ping()
         t0 = time.perf_counter()
-        ref, spill_url = h.spill(data)
+        spill_url = h.spill(data)
         t_write = time.perf_counter() - t0
         t0 = time.perf_counter()
-        h.restore(ref, spill_url, target)
+        h.restore_into(spill_url, target)
         t_read = time.perf_counter() - t0
         ok = xxhash.xxh3_64_intdigest(target) == xxhash.xxh3_64_intdigest(data)
         h.delete([spill_url])
@@ -159,7 +161,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     shard_counts = [int(s) for s in args.shards.split(",")]
-    from ray_valkey_spill.embedded_cluster import EmbeddedValkeyCluster
+    from ..testing.embedded_cluster import EmbeddedValkeyCluster
 
     clusters = {n: EmbeddedValkeyCluster(primaries=n, config={"maxmemory": args.maxmemory})
                 for n in shard_counts}

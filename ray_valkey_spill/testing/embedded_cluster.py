@@ -22,7 +22,7 @@ import time
 from typing import Any, Mapping
 
 from .embedded import EmbeddedValkey, free_port
-from .errors import BackendUnavailableError, ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 
 N_SLOTS = 16384
 CLUSTER_SETTINGS: dict[str, str] = {
@@ -187,18 +187,6 @@ class EmbeddedValkeyCluster:
     def primary_indexes(self) -> list[int]:
         """Indexes in ``nodes`` of the live nodes that are primaries right now."""
         return [i for i in self._alive() if self._role(i) == "master"]
-
-    def keys_per_node(self, pattern: str = "*", primaries_only: bool = True) -> dict[int, int]:
-        """{node index: number of keys matching ``pattern``} by SCAN on each node itself."""
-        out = {}
-        for i in (self.primary_indexes() if primaries_only else self._alive()):
-            with self.nodes[i].client(socket_timeout=10) as c:
-                out[i] = sum(1 for _ in c.scan_iter(match=pattern, count=1000))
-        return out
-
-    def used_memory(self) -> dict[int, int]:
-        """{primary index: used_memory bytes}."""
-        return {i: int(self._info(i, "memory")["used_memory"]) for i in self.primary_indexes()}
 
     # -- faults -----------------------------------------------------------------------------
     def _replicas_of(self, i: int) -> list[int]:

@@ -3,10 +3,9 @@
     ray-valkey-spill bench [--url URL] [--object-mib 256] [--repeat 3] [--json PATH]
                            [--plot docs/bench_chunk_size.png] [--memory-gib 1]
 
-The backend side is the real ``ValkeyStorage`` (``spill_objects``, ``restore_spilled_objects``,
-``delete_spilled_objects``), with only Ray's two plasma accessors replaced: the object handed
-to ``spill_objects`` is a numpy buffer, and restore decodes into a preallocated buffer through
-the same ``readinto`` call Ray makes. No Ray is started.
+The backend side is the real spill engine (``SpillEngine``, driven by ``SpillHarness``): the
+object spilled is a numpy buffer, and restore decodes into a preallocated buffer through the
+same ``readinto`` loop Ray runs. No Ray is started.
 
 The raw side is a tight pipelined client on plain sockets: the same keys, value sizes,
 connections and pipeline batches as the backend (SET sends the value straight from the source
@@ -23,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,8 +33,11 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from .direct_io import send_all
-from .embedded import EmbeddedValkey, add_transport_argument
+from ..keyspace import unlink_matching
+from ..testing.embedded import EmbeddedValkey, add_transport_argument
+from ..testing.harness import SpillHarness
+from .rawclient import RawClient
+from .workload import make_data
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -45,191 +46,10 @@ DEFAULT_CONNECTIONS = (1, 2, 4)
 KINDS = ("float64", "fp16-kv", "int-tokens", "sparse")
 
 
-# -- data -----------------------------------------------------------------------------------
-def make_data(kind: str, nbytes: int, seed: int = 7) -> np.ndarray:
-    """A flat byte view of ``nbytes`` of one data kind (see stress.DataMaker for the kinds)."""
-    from .stress import DataMaker
-
-    maker = DataMaker.__new__(DataMaker)
-    maker.kind, maker.object_bytes = kind, nbytes
-    maker.rng = np.random.default_rng(seed)
-    arr = maker._base()
-    return arr.reshape(-1).view(np.uint8)
-
-
-# -- the backend, without Ray ---------------------------------------------------------------
-class _Ref:
-    """Stands in for an ObjectRef: the backend only calls ``.hex()``."""
-
-    def __init__(self):
-        self._hex = uuid.uuid4().hex + uuid.uuid4().hex[:24]
-
-    def hex(self) -> str:
-        return self._hex
-
-
-class BackendHarness:
-    """A real ValkeyStorage whose plasma accessors are replaced by plain buffers."""
-
-    OWNER = b"\x00" * 60  # about the size of a real serialized owner address
-
-    def __init__(self, url: str, prefix: str, **options):
-        from .storage import ValkeyStorage
-
-        self.session = f"bench_{uuid.uuid4().hex[:8]}"
-        self.storage = ValkeyStorage("benchnode", self.session, url=url, prefix=prefix, **options)
-        self._source: dict[str, memoryview] = {}
-        self.storage._get_objects_from_store = self._get_objects
-        self.storage._put_object_to_store = self._put_object
-        self._targets: dict[str, memoryview] = {}
-
-    def _get_objects(self, refs):
-        return [(self._source[r.hex()], b"", None) for r in refs]
-
-    def _put_object(self, metadata, size, file_like, ref, owner):
-        target = self._targets[ref.hex()]
-        done = 0
-        while done < size:
-            n = file_like.readinto(target[done:size])
-            if not n:
-                raise RuntimeError("readinto returned 0")
-            done += n
-
-    def spill(self, buf) -> tuple[_Ref, bytes]:
-        ref = _Ref()
-        self._source[ref.hex()] = memoryview(buf).cast("B")
-        (url,) = self.storage.spill_objects([ref], [self.OWNER])
-        del self._source[ref.hex()]
-        return ref, url
-
-    def restore(self, ref: _Ref, url: bytes, target) -> int:
-        self._targets[ref.hex()] = memoryview(target).cast("B")
-        try:
-            return self.storage.restore_spilled_objects([ref], [url])
-        finally:
-            del self._targets[ref.hex()]
-
-    def delete(self, urls: list[bytes]) -> None:
-        self.storage.delete_spilled_objects(urls)
-
-    def stored_bytes(self, url: bytes) -> int:
-        from . import keys as K
-
-        spill_url = K.parse_spill_url(url, self.storage.config.prefix)
-        client = self.storage.client
-        pipe = client.pipeline(transaction=False)
-        for key in K.object_keys(spill_url.base_key, spill_url.n_chunks)[1:]:
-            pipe.strlen(key)
-        return sum(pipe.execute())
-
-    def close(self) -> None:
-        if self.storage._executor is not None:
-            self.storage._executor.shutdown(wait=True)
-            self.storage._executor = None
-
-
 # -- the raw server limit -------------------------------------------------------------------
-class RawClient:
-    """Pipelined SET/GET over plain sockets, one thread per connection, no copies of values."""
-
-    def __init__(self, connections: int, host: str | None = None, port: int | None = None,
-                 unix_path: str | None = None):
-        self.socks = [self._connect(host, port, unix_path) for _ in range(connections)]
-        self.readers = [s.makefile("rb", buffering=1 << 16) for s in self.socks]
-
-    @staticmethod
-    def _connect(host: str | None, port: int | None, unix_path: str | None) -> socket.socket:
-        if unix_path:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(unix_path)
-            return sock
-        sock = socket.create_connection((host, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    def close(self) -> None:
-        for r in self.readers:
-            r.close()
-        for s in self.socks:
-            s.close()
-
-    @staticmethod
-    def _batches(n_chunks: int, chunk: int, batch_bytes: int, batch_cmds: int) -> list[range]:
-        per = max(1, min(batch_cmds, batch_bytes // max(chunk, 1)))
-        return [range(i, min(i + per, n_chunks)) for i in range(0, n_chunks, per)]
-
-    def _run(self, work, n_chunks: int, chunk: int, batch_bytes: int, batch_cmds: int) -> float:
-        batches = self._batches(n_chunks, chunk, batch_bytes, batch_cmds)
-        lanes = [batches[i::len(self.socks)] for i in range(len(self.socks))]
-        errors: list[BaseException] = []
-
-        def lane(i: int) -> None:
-            try:
-                for b in lanes[i]:
-                    work(self.socks[i], self.readers[i], b)
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(self.socks))]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        dt = time.perf_counter() - t0
-        if errors:
-            raise errors[0]
-        return dt
-
-    def set_all(self, prefix: str, buf: memoryview, chunk: int, batch_bytes: int,
-                batch_cmds: int) -> float:
-        n = -(-len(buf) // chunk)
-
-        def work(sock, reader, batch):
-            parts = []
-            for i in batch:
-                key = f"{prefix}{i}".encode()
-                value = buf[i * chunk:(i + 1) * chunk]
-                parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value)))
-                parts.append(value)
-                parts.append(b"\r\n")
-            send_all(sock, parts)  # gather lists straight from the buffers
-            for _ in batch:
-                line = reader.readline()
-                if line != b"+OK\r\n":
-                    raise RuntimeError(f"SET failed: {line!r}")
-
-        return self._run(work, n, chunk, batch_bytes, batch_cmds)
-
-    def get_all(self, prefix: str, target: memoryview, chunk: int, batch_bytes: int,
-                batch_cmds: int) -> float:
-        n = -(-len(target) // chunk)
-
-        def work(sock, reader, batch):
-            out = []
-            for i in batch:
-                key = f"{prefix}{i}".encode()
-                out.append(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
-            sock.sendall(b"".join(out))
-            for i in batch:
-                line = reader.readline()
-                size = int(line[1:-2])
-                view = target[i * chunk:i * chunk + size]
-                got = 0
-                while got < size:
-                    k = reader.readinto(view[got:])
-                    if not k:
-                        raise RuntimeError("connection closed")
-                    got += k
-                if reader.read(2) != b"\r\n":
-                    raise RuntimeError("bad reply framing")
-
-        return self._run(work, n, chunk, batch_bytes, batch_cmds)
-
-
 def raw_round(address, connections: int, buf: memoryview, target: memoryview,
               chunk: int, client) -> tuple[float, float]:
-    from .storage import BATCH_BYTES, BATCH_COMMANDS
+    from ..spill.transport import BATCH_BYTES, BATCH_COMMANDS
 
     prefix = f"ray:rawbench{uuid.uuid4().hex[:8]}:"
     raw = RawClient(connections, address.host, address.port, address.unix_path)
@@ -238,9 +58,7 @@ def raw_round(address, connections: int, buf: memoryview, target: memoryview,
         t_get = raw.get_all(prefix, target, chunk, BATCH_BYTES, BATCH_COMMANDS)
     finally:
         raw.close()
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.unlink(*keys[i:i + 500])
+    unlink_matching(client, prefix + "*")
     return len(buf) / GiB / t_set, len(buf) / GiB / t_get
 
 
@@ -277,17 +95,17 @@ def redis_benchmark(address, connections: int, size: int, total: int) -> dict | 
 def backend_round(url: str, buf: np.ndarray, target: np.ndarray, chunk: int, connections: int,
                   compression: str, verify: bool = True) -> dict[str, float]:
     prefix = f"ray:bench{uuid.uuid4().hex[:8]}:"
-    h = BackendHarness(url, prefix, chunk_size_bytes=chunk, connections=connections,
-                       compression=compression)
+    h = SpillHarness(url, prefix, chunk_size_bytes=chunk, connections=connections,
+                     compression=compression)
     try:
-        h.storage._pool()  # connect + server check outside the timing
-        h.storage.client.ping()
+        h.connect()  # connect + server check outside the timing
+        h.client.ping()
         t0 = time.perf_counter()
-        ref, spill_url = h.spill(buf)
+        spill_url = h.spill(buf)
         t_write = time.perf_counter() - t0
         stored = h.stored_bytes(spill_url)
         t0 = time.perf_counter()
-        h.restore(ref, spill_url, target)
+        h.restore_into(spill_url, target)
         t_read = time.perf_counter() - t0
         if verify and xxhash.xxh3_64_intdigest(target) != xxhash.xxh3_64_intdigest(buf):
             raise AssertionError("restored bytes differ from the original")
@@ -342,21 +160,21 @@ def memory_round(url: str, nbytes: int, kind: str, chunk: int, connections: int)
     target = np.empty_like(buf)
     target[::4096] = 1  # touch every page now, so it is not counted as extra
     prefix = f"ray:benchmem{uuid.uuid4().hex[:8]}:"
-    h = BackendHarness(url, prefix, chunk_size_bytes=chunk, connections=connections)
+    h = SpillHarness(url, prefix, chunk_size_bytes=chunk, connections=connections)
     out: dict[str, Any] = {"object_bytes": nbytes, "kind": kind, "chunk_size_bytes": chunk,
                            "connections": connections}
     try:
-        h.storage._pool()
-        h.storage.client.ping()
+        h.connect()
+        h.client.ping()
         for phase in ("spill", "restore"):
             base = _hwm_kib()[0]
             exact = _reset_hwm()
             sampler = None if exact else _RssSampler()
             t0 = time.perf_counter()
             if phase == "spill":
-                ref, spill_url = h.spill(buf)
+                spill_url = h.spill(buf)
             else:
-                h.restore(ref, spill_url, target)
+                h.restore_into(spill_url, target)
             dt = time.perf_counter() - t0
             peak = _hwm_kib()[1] if exact else sampler.stop()
             out[f"{phase}_extra_mib"] = (peak - base) / 1024
@@ -374,7 +192,7 @@ def _median_dict(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(args) -> dict[str, Any]:
-    from .config import parse_url
+    from ..config import parse_url
 
     url = args.url
     address = parse_url(url)
@@ -566,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedValkey()
         args.url = server.url_for(args.transport)
     try:
-        from .stress import environment
+        from .workload import environment
 
         env = environment(args.url)
         results = run(args)

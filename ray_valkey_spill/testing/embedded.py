@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Mapping, Sequence
 
-from .errors import BackendUnavailableError, ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 
 SPILL_SAFE_SETTINGS: dict[str, str] = {
     "maxmemory-policy": "volatile-lru",

@@ -24,22 +24,24 @@ import ipaddress
 import json
 import secrets
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 
-from .config import MiB, SpillConfig
-from .connection import connection_kwargs
-from .errors import RayValkeySpillError
-from .prefixes import DEFAULT_PREFIXES
-from .server_checks import each_node
+from ..config import MiB, SpillConfig
+from ..connection import connection_kwargs
+from ..errors import RayValkeySpillError
+from ..prefixes import CACHE_PREFIXES
+from ..server_checks import each_node
+from .cli_options import (EXIT_FINDINGS, EXIT_OK, add_connection_options, config_from_args,
+                          fail)
+from .tables import render_table
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
 DEFAULT_PINGS = 20
 MIN_VERSION = (7, 2)  # CLIENT NO-TOUCH, ACL DRYRUN, volatile-* semantics as documented
 # Commands the spill backend (and gc) sends on keys under its prefix.
 # Prefixes the spill user must not reach: the other tenants of a shared server.
-OTHER_PREFIXES = tuple(p for use, p in DEFAULT_PREFIXES.items() if use != "ray")
+OTHER_PREFIXES = CACHE_PREFIXES
 
 
 @dataclass
@@ -465,22 +467,12 @@ class Doctor:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-valkey-spill doctor",
                                 description="Check a Valkey server before Ray spills to it.")
-    p.add_argument("--url", required=True, help="server URL (no password in it)")
-    p.add_argument("--prefix", default="ray:", help="spill key prefix (default: ray:)")
-    p.add_argument("--username", help="ACL user the spill backend uses")
-    p.add_argument("--password-env", help="NAME of the environment variable holding the password")
-    p.add_argument("--password-file", help="file holding the password")
+    add_connection_options(p, prefix_help="spill key prefix (default: ray:)")
     p.add_argument("--admin-username", help="ACL user to read server settings with when the "
                    "spill user may not run CONFIG GET (default: the default user)")
     p.add_argument("--admin-password-env", help="NAME of the variable holding the admin password")
     p.add_argument("--admin-password-file", help="file holding the admin password")
     p.add_argument("--chunk-size-bytes", type=int, help="the backend's chunk_size_bytes")
-    p.add_argument("--ssl-ca-certs", help="CA bundle for valkeys:// URLs")
-    p.add_argument("--ssl-certfile", help="client certificate (mutual TLS)")
-    p.add_argument("--ssl-keyfile", help="client key (mutual TLS)")
-    p.add_argument("--no-ssl-check-hostname", action="store_true",
-                   help="do not verify the server's hostname (not recommended)")
-    p.add_argument("--connect-timeout-s", type=float, default=5.0)
     p.add_argument("--pings", type=int, default=DEFAULT_PINGS, help="PINGs for the latency check")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -493,23 +485,14 @@ def admin_config_from_args(args) -> SpillConfig | None:
     admin = argparse.Namespace(**vars(args))
     admin.username = args.admin_username
     admin.password_env, admin.password_file = args.admin_password_env, args.admin_password_file
-    return config_from_args(admin)
+    return _config(admin)
 
 
-def config_from_args(args) -> SpillConfig:
-    params = {"url": args.url, "prefix": args.prefix, "connect_timeout_s": args.connect_timeout_s}
-    for name in ("username", "password_env", "password_file", "ssl_ca_certs", "ssl_certfile",
-                 "ssl_keyfile", "chunk_size_bytes"):
-        if getattr(args, name, None) is not None:
-            params[name] = getattr(args, name)
-    if args.no_ssl_check_hostname:
-        params["ssl_check_hostname"] = False
-    return SpillConfig.from_params(params)
+def _config(args) -> SpillConfig:
+    return config_from_args(args, chunk_size_bytes=args.chunk_size_bytes)
 
 
 def render(checks: list[Check]) -> str:
-    from .gc import render_table
-
     return render_table([[c.check, c.status, c.detail, c.action] for c in checks],
                         ["check", "status", "detail", "what to do"])
 
@@ -517,13 +500,12 @@ def render(checks: list[Check]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
+        config = _config(args)
         if args.pings < 1:
             raise RayValkeySpillError("--pings must be at least 1")
         checks = Doctor(config, pings=args.pings, admin=admin_config_from_args(args)).run()
     except RayValkeySpillError as exc:
-        print(f"ray-valkey-spill doctor: {exc}", file=sys.stderr)
-        return 2
+        return fail("doctor", exc)
     errors = sum(c.status == ERROR for c in checks)
     warnings = sum(c.status == WARN for c in checks)
     if args.json:
@@ -534,4 +516,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray-valkey-spill doctor: {config.address.display()}")
         print(render(checks))
         print(f"{errors} error(s), {warnings} warning(s)")
-    return 1 if errors else 0
+    return EXIT_FINDINGS if errors else EXIT_OK

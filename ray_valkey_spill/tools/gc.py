@@ -55,7 +55,7 @@ Usage::
                         [--password-env VAR] [--username USER] [--ray-address HOST:PORT]
                         [--orphan-grace-s 3600] [--yes] [--json]
 
-``--dry-run`` is the default; ``--yes`` deletes. Exit code 0 on success, 2 on a bad argument
+It only reports unless ``--yes`` is given. Exit code 0 on success, 2 on a bad argument
 or an unreachable server.
 """
 
@@ -69,25 +69,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import keys as K
-from .config import SpillConfig
-from .errors import BackendUnavailableError, ConfigError, RayValkeySpillError
-from .heartbeat import HEARTBEAT_INTERVAL_S
+from ..keyspace import SCAN_COUNT
+from ..spill import keys as K
+from ..config import SpillConfig
+from ..errors import BackendUnavailableError, ConfigError, RayValkeySpillError
+from ..spill.heartbeat import HEARTBEAT_INTERVAL_S
+from .cli_options import add_connection_options, config_from_args, fail
+from .tables import render_table
 
 DEFAULT_GRACE_S = 600.0
 DEFAULT_ORPHAN_GRACE_S = 3600.0
 MIN_SAFE_GRACE_S = 3 * HEARTBEAT_INTERVAL_S
-SCAN_COUNT = 1000
 UNLINK_BATCH = 1000
 DEFAULT_SAMPLE_KEYS = 64  # MEMORY USAGE samples per session; bytes are extrapolated
 PROGRESS_EVERY_S = 2.0
-
-# The part after <prefix><session>:<node>: of a key this backend writes:
-#   <object id>.<nonce>:<chunk index>   a chunk
-#   <object id>.<nonce>:m               the manifest
-#   hb                                  the node's heartbeat
-# Anything else (e.g. a nested prefix such as ray:team:<session>:...) is not ours.
-_REST = re.compile(r"^(?:hb|[A-Za-z0-9_.\-]{1,128}\.[0-9a-f]{1,32}:(?:m|0|[1-9][0-9]{0,8}))$")
 
 KEEP_LIVE = "keep: live"
 KEEP_YOUNG = "keep: no heartbeat, keys recently used"
@@ -95,14 +90,6 @@ KEEP_TOUCHED = "keep: heartbeat stale but keys recently used"
 KEEP_UNKNOWN = "keep: no heartbeat, key age unknown"
 KEEP_RUNNING = "keep: current session of the Ray cluster at {}"
 DELETE = "delete"
-
-
-def parse_key(prefix: str, key: str) -> tuple[str, str, bool] | None:
-    """(session, node, is_heartbeat) for a key this backend wrote under ``prefix``, else None."""
-    parts = K.split_key(prefix, key)
-    if parts is None or not _REST.match(parts[2]):
-        return None
-    return parts[0], parts[1], parts[2] == "hb"
 
 
 @dataclass
@@ -198,14 +185,8 @@ def _scan_parsed(client, prefix: str, bar: "_Progress"):
         parsed = []
         for raw in batch:
             text = _decode(raw)
-            parsed.append((raw, text, parse_key(prefix, text) if text is not None else None))
+            parsed.append((raw, text, K.parse_key(prefix, text) if text is not None else None))
         yield parsed
-
-
-def _chunk_base(text: str) -> str | None:
-    """The object's base key for a chunk key (``<base>:<n>``); None for manifests and beats."""
-    base, _, last = text.rpartition(":")
-    return base if last.isdigit() else None
 
 
 def survey(client, prefix: str, sample_keys: int = DEFAULT_SAMPLE_KEYS,
@@ -233,7 +214,7 @@ def survey(client, prefix: str, sample_keys: int = DEFAULT_SAMPLE_KEYS,
             if not is_hb:  # gc's own GET resets a heartbeat key's idle time: skip those
                 pipe.object("IDLETIME", raw)
                 queued.append(("idle", info, raw))
-                base = _chunk_base(text)
+                base = K.chunk_base(text)
                 if orphan_grace_s is not None and base is not None:
                     pipe.exists(K.manifest_key(base))
                     queued.append(("manifest", info, raw))
@@ -310,7 +291,7 @@ def collect_orphans(client, sessions: dict, orphan_grace_s: float) -> int:
         for chunk in _batches(info.orphans, UNLINK_BATCH):
             pipe = client.pipeline(transaction=False)
             for raw in chunk:
-                pipe.exists(K.manifest_key(_chunk_base(_decode(raw))))
+                pipe.exists(K.manifest_key(K.chunk_base(_decode(raw))))
                 pipe.object("IDLETIME", raw)
             replies = pipe.execute(raise_on_error=False)
             still = [raw for raw, has_manifest, idle in zip(chunk, replies[::2], replies[1::2])
@@ -356,12 +337,6 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def render_table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def report(sessions: dict, now: float) -> list[dict]:
     out = []
     for name in sorted(sessions):
@@ -384,24 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find (and with --yes remove) spilled keys whose Ray session is gone. "
                     "A session is live while any of its nodes' heartbeats is younger than "
                     "--grace-s; its keys, including those of its dead nodes, are kept.")
-    p.add_argument("--url", required=True, help="server URL (no password in it)")
-    p.add_argument("--prefix", default="ray:", help="spill key prefix (default: ray:)")
-    p.add_argument("--username", help="ACL user")
-    p.add_argument("--password-env", help="NAME of the environment variable holding the password")
-    p.add_argument("--password-file", help="file holding the password")
-    p.add_argument("--ssl-ca-certs", help="CA bundle for valkeys:// URLs")
-    p.add_argument("--ssl-certfile", help="client certificate (mutual TLS)")
-    p.add_argument("--ssl-keyfile", help="client key (mutual TLS)")
+    add_connection_options(p, prefix_help="spill key prefix (default: ray:)")
     p.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S,
                    help=f"a session whose newest heartbeat (and, without heartbeats, newest key "
                         f"use) is older than this is gone (default {DEFAULT_GRACE_S:.0f})")
     p.add_argument("--allow-short-grace", action="store_true",
                    help=f"accept --grace-s below {MIN_SAFE_GRACE_S:.0f} s (3 heartbeat "
                         "intervals); for tests only: a live session could be taken for dead")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", default=True,
-                      help="only report (the default)")
-    mode.add_argument("--yes", action="store_true", help="delete the keys of gone sessions")
+    p.add_argument("--yes", action="store_true",
+                   help="delete the keys of gone sessions (without it gc only reports)")
     p.add_argument("--orphan-grace-s", type=float, default=DEFAULT_ORPHAN_GRACE_S,
                    help="collect chunk keys without a manifest (a spill killed half-way) idle "
                         f"this long, also in live sessions (default {DEFAULT_ORPHAN_GRACE_S:.0f}; "
@@ -415,15 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
-
-
-def config_from_args(args) -> SpillConfig:
-    params = {"url": args.url, "prefix": args.prefix}
-    for name in ("username", "password_env", "password_file", "ssl_ca_certs", "ssl_certfile",
-                 "ssl_keyfile"):
-        if getattr(args, name, None):
-            params[name] = getattr(args, name)
-    return SpillConfig.from_params(params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,14 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         return run(config, args)
     except RayValkeySpillError as exc:
-        print(f"ray-valkey-spill gc: {exc}", file=sys.stderr)
-        return 2
+        return fail("gc", exc)
 
 
 def run(config: SpillConfig, args) -> int:
     import valkey
 
-    from .connection import connect
+    from ..connection import connect
     from .ray_sessions import live_session
 
     running = {live_session(address): address for address in args.ray_address}

@@ -1,21 +1,9 @@
-"""Spill stress test: push more data than the object store holds through Ray, read it all back.
+"""The spill workload through Ray: data kinds, the run itself, and its measurements.
 
-    ray-valkey-spill stress [--url URL] [--total-gib 2] [--object-mib 64] [--data KIND]
-                            [--baseline filesystem] [--repeat N] [--json PATH]
-
-Starts its own local Ray (and, without ``--url``, its own embedded valkey-server), puts
-``--total-gib`` of objects so that most of them spill, then reads every object back in order,
-in random order and some concurrently from Ray tasks, checking every byte against an xxh3-64
-digest taken when the object was made. With ``--baseline filesystem`` the identical workload
-runs with Ray's built-in filesystem spilling in the same invocation, backends alternating,
-and both are printed side by side with ratios (only ratios from one run mean anything on a
-shared machine). Exit status: 0 when nothing was lost, corrupted or leaked, 1 otherwise.
-
-Spill throughput = original bytes / (time of the ``ray.put`` calls + the wait until the raylet
-reports the spilling done), data generation excluded. Restore throughput = bytes read / time
-of the ``ray.get`` calls of the in-order pass (checksumming excluded). Spilled bytes come from
-the raylet's stats (``get_memory_info_reply``, needs ``grpcio``); without grpcio the storage
-itself is watched instead (keys in Valkey, files in the directory).
+``DataMaker`` makes objects of one data kind; ``run_once`` starts a local Ray (spilling to
+Valkey or to Ray's filesystem), pushes ``total_gib`` of objects through it and reads every one
+back, checking every byte. ``stress`` runs it side by side per backend, ``bench-shards`` per
+shard count, and ``bench`` borrows the data kinds.
 """
 
 from __future__ import annotations
@@ -27,7 +15,6 @@ import pickle
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import xxhash
 
-from .embedded import EmbeddedValkey, add_transport_argument
+from ..keyspace import scan_keys
+from ..spill import keys as K
+from .progress import Progress
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -49,48 +38,31 @@ DATA_KINDS = ("float64", "fp16-kv", "int-tokens", "sparse", "mixed")
 VARY_STRIDE_BYTES = 64 * 1024
 
 
-# -- progress -------------------------------------------------------------------------------
-class Progress:
-    """A small progress bar on stderr (one line, redrawn at most 5 times a second)."""
+def add_workload_options(p: argparse.ArgumentParser) -> None:
+    """The options ``run_once`` reads (sizes, data kind, spilling options, timeouts)."""
+    p.add_argument("--total-gib", type=float, default=2.0, help="bytes pushed through Ray (GiB)")
+    p.add_argument("--object-mib", type=int, default=64, help="size of one object (MiB)")
+    p.add_argument("--object-store-mib", type=int, default=512, help="Ray object store (MiB)")
+    p.add_argument("--min-spilling-mib", type=int, default=0, help="Ray min_spilling_size (MiB)")
+    p.add_argument("--data", choices=DATA_KINDS, default="float64")
+    p.add_argument("--baseline-dir", help="parent directory of the filesystem baseline's spill "
+                   "directory (default: the system temp dir; /dev/shm measures Ray's ceiling)")
+    p.add_argument("--chunk-size-bytes", type=int, help="spilling option chunk_size_bytes")
+    p.add_argument("--connections", type=int, help="spilling option connections")
+    p.add_argument("--compression", choices=("auto", "zstd", "none"), help="spilling option")
+    p.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (task parallelism)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--spill-wait-s", type=float, default=120.0)
+    p.add_argument("--get-timeout-s", type=float, default=120.0)
+    p.add_argument("--delete-wait-s", type=float, default=30.0)
 
-    def __init__(self, label: str, total: int, unit_bytes: bool = True, enabled: bool = True):
-        self.label, self.total, self.unit_bytes = label, max(total, 1), unit_bytes
-        self.done = 0
-        self.started = time.perf_counter()
-        self._last = 0.0
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self._last_pct = -1
 
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if not self.enabled:
-            return
-        if self.tty and now - self._last >= 0.2:
-            self._last = now
-            self._draw(now, end="\r")
-        elif not self.tty:
-            pct = int(100 * self.done / self.total) // 25 * 25
-            if pct > self._last_pct:
-                self._last_pct = pct
-                self._draw(now, end="\n")
-
-    def _draw(self, now: float, end: str) -> None:
-        frac = min(self.done / self.total, 1.0)
-        width = 30
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        elapsed = max(now - self.started, 1e-9)
-        if self.unit_bytes:
-            what = f"{self.done / GiB:6.2f}/{self.total / GiB:.2f} GiB {self.done / GiB / elapsed:5.2f} GiB/s"
-        else:
-            what = f"{self.done}/{self.total}"
-        sys.stderr.write(f"  {self.label:<24} [{bar}] {frac * 100:5.1f}% {what} {elapsed:6.1f}s{end}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and (self.tty or self._last_pct < 100):
-            self._draw(time.perf_counter(), end="\n")
+def make_data(kind: str, nbytes: int, seed: int = 7) -> np.ndarray:
+    """A flat byte view of ``nbytes`` of one data kind (one ``DataMaker`` base block)."""
+    if kind == "mixed":
+        raise ValueError("make_data makes one array; 'mixed' objects are not arrays")
+    maker = DataMaker(kind, nbytes, seed, bases=1)
+    return maker.bases[0].reshape(-1).view(np.uint8)
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -150,13 +122,14 @@ class DataMaker:
 
     N_BASE = 3
 
-    def __init__(self, kind: str, object_bytes: int, seed: int = 1234):
+    def __init__(self, kind: str, object_bytes: int, seed: int = 1234, bases: int | None = None):
         if kind not in DATA_KINDS:
             raise ValueError(f"unknown data kind {kind!r}")
         self.kind = kind
         self.object_bytes = object_bytes
         self.rng = np.random.default_rng(seed)
-        self.bases = [self._base() for _ in range(self.N_BASE if kind != "mixed" else 2)]
+        count = bases or (self.N_BASE if kind != "mixed" else 2)
+        self.bases = [self._base() for _ in range(count)]
 
     def _base(self) -> np.ndarray:
         rng, n = self.rng, self.object_bytes
@@ -254,8 +227,8 @@ class ValkeyProbe:
     """Watches the server (standalone or cluster: memory summed over the primaries)."""
 
     def __init__(self, url: str, prefix: str):
-        from .config import parse_url
-        from .connection import connect
+        from ..config import parse_url
+        from ..connection import connect
 
         self._cluster = parse_url(url).cluster
         self.client = connect(url)
@@ -285,8 +258,8 @@ class ValkeyProbe:
 
     def keys(self) -> list[bytes]:
         """Keys of spilled objects (a node's heartbeat key, ``...:hb``, is not one)."""
-        return [k for k in self.client.scan_iter(match=self.prefix + "*", count=1000)
-                if not k.endswith(b":hb")]
+        return [k for k in scan_keys(self.client, self.prefix + "*")
+                if not K.is_heartbeat_key(k)]
 
     def stored_bytes(self) -> tuple[int, int]:
         keys = self.keys()
@@ -296,7 +269,7 @@ class ValkeyProbe:
         return len(keys), sum(pipe.execute()) if keys else 0
 
     def manifest_count(self) -> int:
-        return sum(1 for k in self.keys() if k.endswith(b":m"))
+        return sum(1 for k in self.keys() if K.is_manifest_key(k))
 
     def stop(self) -> None:
         self._stop.set()
@@ -361,7 +334,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
     import ray
 
-    from .config import spilling_config
+    from ..config import spilling_config
 
     res = RunResult(backend)
     fig = res.figures
@@ -567,78 +540,12 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
 
 
 # -- reporting ------------------------------------------------------------------------------
-ROWS = [  # (figure, label, format, higher is better?)
-    ("spill_gibps", "spill GiB/s (put + wait)", "{:.3f}", True),
-    ("restore_gibps", "restore GiB/s (in order)", "{:.3f}", True),
-    ("random_restore_gibps", "restore GiB/s (random)", "{:.3f}", True),
-    ("concurrent_gibps", "restore GiB/s (tasks)", "{:.3f}", True),
-    ("latency_p50_ms", "get latency p50 ms", "{:.1f}", False),
-    ("latency_p99_ms", "get latency p99 ms", "{:.1f}", False),
-    ("raylet_spill_gibps", "raylet spill GiB/s", "{:.3f}", True),
-    ("raylet_restore_gibps", "raylet restore GiB/s", "{:.3f}", True),
-    ("spilled_bytes_total", "spilled bytes (raylet)", "{:,.0f}", None),
-    ("stored_bytes_after_put", "stored bytes after put", "{:,.0f}", None),
-    ("stored_per_spilled_byte", "stored / spilled bytes", "{:.3f}", False),
-    ("valkey_memory_per_spilled_byte", "used_memory / spilled", "{:.3f}", False),
-    ("compression_ratio_peak", "peak used_memory / spilled", "{:.3f}", False),
-    ("valkey_used_memory_peak", "valkey used_memory peak", "{:,.0f}", None),
-    ("left_after_drop", "keys/files left (refs dropped)", "{:.0f}", None),
-    ("left_after_shutdown", "keys/files left (shutdown)", "{:.0f}", None),
-    ("lost", "objects lost", "{:.0f}", None),
-    ("corrupted", "objects corrupted", "{:.0f}", None),
-]
-
-
-def _median(results: list[RunResult], name: str) -> float | None:
-    vals = [r.figures[name] for r in results if isinstance(r.figures.get(name), (int, float))]
-    return statistics.median(vals) if vals else None
-
-
-def summarize(runs: dict[str, list[RunResult]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for backend, results in runs.items():
-        out[backend] = {name: _median(results, name) for name, *_ in ROWS}
-        out[backend]["runs"] = [r.figures for r in results]
-        out[backend]["errors"] = [e for r in results for e in r.errors]
-    if len(runs) == 2:
-        a, b = runs["valkey"], runs[next(k for k in runs if k != "valkey")]
-        ratios = {}
-        for name, _, _, better in ROWS:
-            if better is None:
-                continue
-            per_rep = [x.figures[name] / y.figures[name] for x, y in zip(a, b)
-                       if x.figures.get(name) and y.figures.get(name)]
-            if per_rep:
-                ratios[name] = statistics.median(per_rep)
-        out["ratios_valkey_over_baseline"] = ratios
-    return out
-
-
-def print_table(summary: dict[str, Any], backends: list[str], repeat: int) -> None:
-    ratios = summary.get("ratios_valkey_over_baseline", {})
-    head = f"{'median of ' + str(repeat) + ' run(s)':<32}" + "".join(f"{b:>16}" for b in backends)
-    if ratios:
-        head += f"{'valkey/baseline':>17}"
-    print(head)
-    print("-" * len(head))
-    for name, label, fmt, _ in ROWS:
-        cells = []
-        for b in backends:
-            v = summary[b].get(name)
-            cells.append(f"{fmt.format(v) if v is not None else '-':>16}")
-        if not any(c.strip() != "-" for c in cells):
-            continue
-        line = f"{label:<32}" + "".join(cells)
-        if ratios:
-            r = ratios.get(name)
-            line += f"{(f'{r:.2f}x' if r is not None else ''):>17}"
-        print(line)
 
 
 def environment(url: str | None) -> dict[str, Any]:
     import ray
 
-    from . import __version__
+    from .. import __version__
 
     env: dict[str, Any] = {
         "ray": ray.__version__, "package": __version__, "python": platform.python_version(),
@@ -676,82 +583,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("-dirty" if dirty else "")) or None
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ray-valkey-spill stress", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", help="Valkey server URL (default: start an embedded valkey-server)")
-    add_transport_argument(p)
-    p.add_argument("--total-gib", type=float, default=2.0, help="bytes pushed through Ray (GiB)")
-    p.add_argument("--object-mib", type=int, default=64, help="size of one object (MiB)")
-    p.add_argument("--object-store-mib", type=int, default=512, help="Ray object store (MiB)")
-    p.add_argument("--min-spilling-mib", type=int, default=0, help="Ray min_spilling_size (MiB)")
-    p.add_argument("--data", choices=DATA_KINDS, default="float64")
-    p.add_argument("--baseline", choices=("filesystem",), help="also run Ray's filesystem spilling")
-    p.add_argument("--baseline-dir", help="parent directory of the filesystem baseline's spill "
-                   "directory (default: the system temp dir; /dev/shm measures Ray's ceiling)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per backend (alternating); medians")
-    p.add_argument("--chunk-size-bytes", type=int, help="spilling option chunk_size_bytes")
-    p.add_argument("--connections", type=int, help="spilling option connections")
-    p.add_argument("--compression", choices=("auto", "zstd", "none"), help="spilling option")
-    p.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (task parallelism)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--spill-wait-s", type=float, default=120.0)
-    p.add_argument("--get-timeout-s", type=float, default=120.0)
-    p.add_argument("--delete-wait-s", type=float, default=30.0)
-    p.add_argument("--json", help="write every figure, the configuration and versions here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    if args.repeat < 1 or args.total_gib <= 0 or args.object_mib < 1:
-        p.error("--repeat, --total-gib and --object-mib must be positive")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    backends = ["valkey"] + ([args.baseline] if args.baseline else [])
-    server = None
-    url = args.url
-    if url is None:
-        server = EmbeddedValkey()
-        url = server.url_for(args.transport)
-    try:
-        env = environment(url)
-        runs: dict[str, list[RunResult]] = {b: [] for b in backends}
-        for rep in range(args.repeat):
-            for backend in backends:
-                print(f"[{rep + 1}/{args.repeat}] {backend}: {args.total_gib} GiB of {args.data} "
-                      f"in {args.object_mib} MiB objects through a {args.object_store_mib} MiB "
-                      "object store", file=sys.stderr)
-                runs[backend].append(run_once(backend, args, url if backend == "valkey" else None,
-                                              progress=not args.no_progress))
-                for err in runs[backend][-1].errors[:10]:
-                    print(f"  ERROR: {err}", file=sys.stderr)
-    finally:
-        if server is not None:
-            server.stop()
-    summary = summarize(runs)
-    print()
-    print(f"data={args.data} total={args.total_gib} GiB object={args.object_mib} MiB "
-          f"store={args.object_store_mib} MiB  ray {env['ray']}  valkey {env.get('valkey_server')} "
-          f"({env.get('transport')})"
-          f"  {env['cpus']} CPUs  commit {env['git_commit']}")
-    print_table(summary, backends, args.repeat)
-    failures = [e for b in backends for e in summary[b]["errors"]]
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        config = {k: v for k, v in vars(args).items() if k != "json"}
-        config["url"] = "embedded" if server is not None else args.url
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"config": config, "environment": env, "summary": summary,
-                       "ok": not failures}, f, indent=2, default=str)
-    if failures:
-        print(f"FAILED: {len(failures)} problem(s), e.g. {failures[0]}", file=sys.stderr)
-        return 1
-    print("OK: no object lost or corrupted, no key left behind")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from .errors import BackendUnavailableError, ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 
 CONNECT_CHECK_TIMEOUT_S = 5.0
 

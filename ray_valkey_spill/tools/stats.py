@@ -19,24 +19,22 @@ import json
 import sys
 from typing import Any
 
-from .errors import BackendUnavailableError
-from .server_checks import each_node
+from ..errors import BackendUnavailableError, RayValkeySpillError
+from ..keyspace import SCAN_COUNT
+from ..prefixes import CACHE_PREFIXES, SPILL_PREFIX, STATS_SUFFIX
+from ..server_checks import each_node
+from .cli_options import EXIT_OK, add_connection_options, config_from_args, fail
 
-CACHE_PREFIXES = ("emb:", "vllm:kv:", "session:")
-STATS_SUFFIX = b":_stats"
-_SCAN_COUNT = 1000
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-valkey-spill stats", description=__doc__.split("\n")[0])
-    p.add_argument("--url", required=True, help="server URL (valkey://host:6379/0)")
+    add_connection_options(p, prefix_help="key prefix of spilled objects (default: ray:)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--sample", type=int, default=0, metavar="N",
                    help="look at N keys at most and extrapolate (0: every key)")
     p.add_argument("--memory-samples", type=int, default=5, metavar="S",
                    help="MEMORY USAGE SAMPLES for lists/hashes (0: exact, slower)")
-    p.add_argument("--spill-prefix", default="ray:", help="key prefix of spilled objects")
-    p.add_argument("--password-env", default=None, help="environment variable with the password")
     return p
 
 
@@ -47,7 +45,7 @@ def _classify(key: bytes, prefixes: list[tuple[str, bytes]]) -> str:
     return "other"
 
 
-def collect(client: Any, spill_prefix: str = "ray:", sample: int = 0,
+def collect(client: Any, spill_prefix: str = SPILL_PREFIX, sample: int = 0,
             memory_samples: int = 5) -> dict[str, Any]:
     """The report as a dict (what ``--json`` prints). Raises BackendUnavailableError."""
     import valkey
@@ -85,12 +83,12 @@ def collect(client: Any, spill_prefix: str = "ray:", sample: int = 0,
                 row["keys_with_ttl" if ttl_ms >= 0 else "keys_without_ttl"] += 1
             batch.clear()
 
-        for key in client.scan_iter(count=_SCAN_COUNT):
+        for key in client.scan_iter(count=SCAN_COUNT):
             batch.append(key)
             scanned += 1
-            if key.endswith(STATS_SUFFIX) and _classify(key, prefixes) in CACHE_PREFIXES:
+            if key.endswith(STATS_SUFFIX.encode()) and _classify(key, prefixes) in CACHE_PREFIXES:
                 stats_keys.append(key)
-            if len(batch) >= _SCAN_COUNT:
+            if len(batch) >= SCAN_COUNT:
                 flush()
             if sample and scanned >= sample:
                 break
@@ -171,19 +169,21 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``stats``; returns 0 (errors of the package propagate to the CLI, which returns 2)."""
+    """Run ``stats``; exit codes as in ``cli_options``."""
     if argv and argv[0] == "--":  # `ray-valkey-spill stats -- --url ...` passes the separator on
         argv = argv[1:]
     args = _parser().parse_args(argv)
-    from .connection import connect
+    from ..connection import connect
 
-    options = {"password_env": args.password_env} if args.password_env else {}
-    client = connect(args.url, **options)
-    report = collect(client, spill_prefix=args.spill_prefix, sample=max(args.sample, 0),
-                     memory_samples=max(args.memory_samples, 0))
+    try:
+        config = config_from_args(args)
+        report = collect(connect(config), spill_prefix=config.prefix, sample=max(args.sample, 0),
+                         memory_samples=max(args.memory_samples, 0))
+    except RayValkeySpillError as exc:
+        return fail("stats", exc)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(format_table(report))
-    return 0
+    return EXIT_OK

@@ -24,7 +24,7 @@ import zstandard
 if TYPE_CHECKING:
     import numpy as np
 
-from .errors import CorruptObjectError
+from ..errors import CorruptObjectError
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
@@ -88,10 +88,6 @@ class Manifest:
     owner_address: bytes
     metadata: bytes
     chunks: tuple[ChunkInfo, ...]
-
-    @property
-    def stored_bytes(self) -> int:
-        return sum(c.stored_len for c in self.chunks)
 
     def raw_len(self, index: int) -> int:
         return min(self.chunk_size, self.buf_len - index * self.chunk_size)

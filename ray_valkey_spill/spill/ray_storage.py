@@ -1,0 +1,112 @@
+"""The Ray ``ExternalStorage`` that spills to Valkey: a thin adapter over ``SpillEngine``.
+
+Imports Ray; loaded by the plug-in (``_plugin.py``) in the head's validation and in every
+spill/restore IO worker. It turns Ray's calls into engine calls: plasma buffers become
+``SpillObject``s, and a restore hands the engine's reader to Ray's ``_put_object_to_store``,
+which allocates the plasma buffer and reads the object straight into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ray._private.external_storage import ExternalStorage
+
+from ..config import SpillConfig
+from . import keys as K
+from .engine import ObjectReader, SpillEngine, SpillObject
+from .heartbeat import Heartbeat, start_driver_heartbeat, stop_driver_heartbeat
+
+logger = logging.getLogger("ray_valkey_spill")
+
+
+def _log_like_ray() -> None:
+    """IO workers give our logger no handler: add one formatted like Ray's own lines, so our
+    errors land in io_worker-*.err with a time and a level."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _is_ray_start_cli() -> bool:
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "ray" and "start" in sys.argv
+
+
+def _in_io_worker() -> bool:
+    # IO workers run ray/_private/workers/default_worker.py; the raylet kills one that does not
+    # register within 60 s, so they must not block on the network in __init__.
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "default_worker.py"
+
+
+class ValkeyStorage(ExternalStorage):
+    """Spills Ray objects to Valkey under ``<prefix><session>:<node>:`` keys."""
+
+    def __init__(self, node_id: str, session_name: str, *, check_server_now: bool = False,
+                 **params):
+        """``params`` are the spilling config's options (see ``config.OPTIONS``).
+
+        ``check_server_now``: PING and check the server in the constructor. The plug-in sets
+        it only for Ray's head validation; ``ray.shutdown()`` also builds a storage (to
+        destroy), and that must not fail because the server is down."""
+        super().__init__()
+        config = SpillConfig.from_params(params)
+        heartbeat = None
+        if _in_io_worker():
+            _log_like_ray()
+            # A node that spills or restores keeps its session alive for gc; stamped from the
+            # first spill or restore: Ray also starts IO workers at shutdown (to delete).
+            heartbeat = Heartbeat(lambda: self.engine.client,
+                                  K.heartbeat_key(config.prefix, session_name, node_id),
+                                  refresh_only=True)
+        self.engine = SpillEngine(config, session_name, node_id, heartbeat=heartbeat)
+        # Ray validates by building a storage and destroying it at once; that destroy must not
+        # stop the session's driver heartbeat, the one at ray.shutdown() must.
+        self._validating = check_server_now
+        if check_server_now:
+            self.engine.check()
+            if not _is_ray_start_cli():  # `ray start --head` exits at once: nothing to stamp
+                start_driver_heartbeat(config.prefix, session_name, lambda: self.engine.client)
+
+    @property
+    def config(self) -> SpillConfig:
+        """The validated spilling options."""
+        return self.engine.config
+
+    def spill_objects(self, object_refs, owner_addresses) -> list[bytes]:
+        """Ray contract: spill the objects (zero-copy plasma buffers) and return one URL per
+        object spilled, in order; a shorter list means the rest stay in memory for a retry."""
+        if len(object_refs) == 0:
+            return []
+        objects = self._get_objects_from_store(object_refs)
+        return self.engine.spill([
+            SpillObject(ref.hex(), None if buf is None else memoryview(buf), metadata, owner)
+            for ref, (buf, metadata, _), owner in zip(object_refs, objects, owner_addresses)])
+
+    def restore_spilled_objects(self, object_refs, url_with_offset_list) -> int:
+        """Ray contract: restore each object into a new plasma buffer; returns bytes restored.
+        A failure raises (Ray logs it and retries after 10 s, 20 s, ...)."""
+        def deliver(i: int, reader: ObjectReader) -> None:
+            self._put_object_to_store(reader.metadata, reader.size, reader, object_refs[i],
+                                      reader.owner_address)
+
+        return self.engine.restore(url_with_offset_list, deliver)
+
+    def delete_spilled_objects(self, urls) -> None:
+        """Ray contract: the objects behind ``urls`` are no longer needed (Ray asks once)."""
+        self.engine.delete(urls)
+
+    def destroy_external_storage(self) -> None:
+        """Ray contract: remove this node's keys of this session (Ray calls it with a random
+        node id when validating, and for the head node on ``ray.shutdown()``)."""
+        if not self._validating:
+            stop_driver_heartbeat(self.config.prefix, self.engine.session_name)
+        self.engine.destroy()
+
+
+__all__ = ["ValkeyStorage"]
