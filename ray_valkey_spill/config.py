@@ -91,36 +91,46 @@ class Option:
     help: str
 
 
-# The one table of options: README's option table is generated from it (`ray-valkey-spill options`).
+# The one table of options: README's option table is generated from it (`ray-valkey-spill
+# options`; tests/unit/test_readme.py fails when they differ).
 OPTIONS: tuple[Option, ...] = (
-    Option("url", None, lambda f, v: v, "Server URL: valkey://, valkeys://, redis://, rediss://, "
-           "unix://, valkey+cluster://, valkeys+cluster://. No password in it."),
+    Option("url", None, lambda f, v: v, "Server URL: `valkey://`, `valkeys://`, `redis://`, "
+           "`rediss://`, `unix://`, `valkey+cluster://`, `valkeys+cluster://`. No password in it."),
     Option("prefix", "ray:", _prefix, "Key prefix of spilled objects; must not overlap "
-           "emb:, vllm:kv:, session:."),
+           "`emb:`, `vllm:kv:`, `session:`."),
     Option("username", None, _optional_str, "ACL user (also allowed in the URL)."),
     Option("password_env", None, _env_name, "Name of the environment variable holding the "
            "password (IO workers inherit the raylet's environment)."),
     Option("password_file", None, _optional_str, "Path of a file holding the password "
            "(e.g. a mounted Kubernetes Secret)."),
     Option("chunk_size_bytes", 4 * MiB, _int_in(MIN_CHUNK_SIZE_BYTES, MAX_CHUNK_SIZE_BYTES),
-           "Objects are split into values of at most this many bytes."),
-    Option("compression", "auto", _one_of("auto", "zstd", "none"), "auto: zstd where a cheap "
-           "probe shows the chunk shrinks, raw otherwise; zstd: always try; none: never."),
+           "Objects are split into values of at most this many bytes "
+           "(64 KiB to 256 MiB, and below the server's `proto-max-bulk-len`)."),
+    Option("compression", "auto", _one_of("auto", "zstd", "none"), "`auto`: zstd where a cheap "
+           "probe shows the chunk shrinks, raw otherwise; `zstd`: always try; `none`: never."),
     Option("zstd_level", 1, _int_in(-7, 22), "zstd level (1 is fast; negative is faster still)."),
-    Option("connections", 4, _int_in(1, 64), "Parallel connections (and I/O threads) per worker."),
+    Option("connections", 4, _int_in(1, 64), "Parallel connections (and I/O threads) per IO "
+           "worker (1 to 64)."),
     Option("socket_timeout_s", 30.0, _float_in(0.1, 3600.0), "Timeout of one command, covering "
            "the send of a whole chunk."),
     Option("connect_timeout_s", 5.0, _float_in(0.1, 600.0), "Timeout to connect; also bounds the "
            "head's validation check."),
-    Option("retries", 3, _int_in(0, 20), "Retries of a failed command (backoff with jitter)."),
+    Option("retries", 3, _int_in(0, 20), "Retries of a failed command (exponential backoff "
+           "with jitter)."),
     Option("ssl_ca_certs", None, _optional_str, "CA bundle for TLS server verification."),
     Option("ssl_certfile", None, _optional_str, "Client certificate for mutual TLS."),
     Option("ssl_keyfile", None, _optional_str, "Client key for mutual TLS."),
-    Option("ssl_check_hostname", True, _bool, "Verify the server's hostname against its cert."),
-    Option("allow_allkeys_eviction", False, _bool, "Accept an allkeys-* maxmemory-policy, which "
-           "can evict spilled objects (data loss). Use volatile-lru instead."),
+    Option("ssl_check_hostname", True, _bool, "Verify the server's hostname against its "
+           "certificate."),
+    Option("allow_allkeys_eviction", False, _bool, "Accept an `allkeys-*` `maxmemory-policy`, "
+           "which can evict spilled objects (data loss). Use `volatile-lru` instead."),
 )
 _OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def option_default(name: str) -> Any:
+    """The default of one option (the table above is its only home)."""
+    return _OPTIONS_BY_NAME[name].default
 
 
 @dataclass(frozen=True)
@@ -213,22 +223,23 @@ class SpillConfig:
 
     url: str
     address: ServerAddress
-    prefix: str = "ray:"
-    username: str | None = None
-    password_env: str | None = None
-    password_file: str | None = None
-    chunk_size_bytes: int = 4 * MiB
-    compression: str = "auto"
-    zstd_level: int = 1
-    connections: int = 4
-    socket_timeout_s: float = 30.0
-    connect_timeout_s: float = 5.0
-    retries: int = 3
-    ssl_ca_certs: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_check_hostname: bool = True
-    allow_allkeys_eviction: bool = False
+    # One field per option in OPTIONS (same name); the defaults live there only.
+    prefix: str
+    username: str | None
+    password_env: str | None
+    password_file: str | None
+    chunk_size_bytes: int
+    compression: str
+    zstd_level: int
+    connections: int
+    socket_timeout_s: float
+    connect_timeout_s: float
+    retries: int
+    ssl_ca_certs: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_check_hostname: bool
+    allow_allkeys_eviction: bool
 
     @classmethod
     def from_params(cls, params: Any) -> "SpillConfig":
@@ -318,12 +329,13 @@ def parse_spilling_config(text_or_dict: Any) -> SpillConfig:
 
 
 def option_table_markdown() -> str:
+    """The options as a Markdown table (README's table is this text; a unit test compares)."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for o in OPTIONS:
-        default = "required" if o.name == "url" else json.dumps(o.default)
-        rows.append(f"| `{o.name}` | `{default}` | {o.help} |")
+        default = "required" if o.name == "url" else f"`{json.dumps(o.default)}`"
+        rows.append(f"| `{o.name}` | {default} | {o.help} |")
     return "\n".join(rows)
 
 
-__all__ = ["SpillConfig", "ServerAddress", "OPTIONS", "spilling_config", "parse_spilling_config",
-           "parse_url", "option_table_markdown"]
+__all__ = ["SpillConfig", "ServerAddress", "OPTIONS", "option_default", "spilling_config",
+           "parse_spilling_config", "parse_url", "option_table_markdown"]

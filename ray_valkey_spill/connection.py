@@ -126,5 +126,5 @@ def close_all() -> None:
     for client in clients:
         try:
             client.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing is best effort
             pass

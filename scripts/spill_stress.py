@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Spill stress test (same as ``ray-valkey-spill stress``): see ray_valkey_spill/stress.py.
+"""Spill stress test, the same as ``ray-valkey-spill stress`` (ray_valkey_spill/tools/stress.py).
 
     python scripts/spill_stress.py --data float64 --baseline filesystem --repeat 3
 """

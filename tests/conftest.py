@@ -1,5 +1,8 @@
 """Shared fixtures: a real embedded valkey-server, unique key prefixes, and a real local Ray.
 
+Tests live in three tiers that mirror the code, and each gets its tier's marker from its folder:
+``unit`` (no server, no Ray), ``integration`` (a real valkey-server), ``system`` (a real Ray).
+
 Set RVS_TEST_URL to run the Valkey I/O tests against another server instead of the embedded
 one; every test then works under its own key prefix and cleans it with SCAN, never FLUSHALL.
 """
@@ -17,6 +20,15 @@ from ray_valkey_spill.keyspace import scan_keys
 from ray_valkey_spill.spill.keys import is_manifest_key
 
 MiB = 1024 * 1024
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with the tier of its folder (``pytest -m unit`` runs the fast tier)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

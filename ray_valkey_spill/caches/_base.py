@@ -89,7 +89,7 @@ def warn_if_allkeys_policy(client: Any) -> str | None:
             return _checked[id(client)]
     try:
         policy = config_get(client, "maxmemory-policy")
-    except Exception as exc:  # an unreachable server must not fail construction; first use will
+    except Exception as exc:  # noqa: BLE001 - an unreachable server must not fail construction; first use will
         logger.debug("cannot read maxmemory-policy: %s", exc)
         return None
     with _checked_lock:

@@ -2,7 +2,8 @@
 
 An object is stored as N chunk values plus one manifest value. Chunk values are bare payloads
 (raw bytes, or one zstd frame produced as an Arrow buffer, of the bytes as they are or
-byte-shuffled) so that a raw chunk is sent straight from plasma memory without a copy. Everything needed to check them lives in the manifest:
+byte-shuffled) so that a raw chunk is sent straight from plasma memory without a copy. Everything
+needed to check them lives in the manifest:
 per chunk the codec, the stored length and an xxh3-64 checksum of the ORIGINAL bytes, so a
 restore verifies what it wrote into plasma, end to end. The manifest is written last and
 carries its own checksum: an object without a valid manifest was never completely spilled.

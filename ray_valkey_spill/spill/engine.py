@@ -250,7 +250,7 @@ class SpillEngine:
             batch = items[start:start + BATCH_COMMANDS]
             try:
                 self._transport.set_batch(batch)
-            except OutOfMemoryError:
+            except OutOfMemoryError as oom:
                 nbytes = sum(len(v) for _, v in batch)
                 freed = shed_cache_entries(self.client, max(nbytes, SHED_MIN_BYTES),
                                            protected_prefixes=(self.config.prefix,))
@@ -259,7 +259,7 @@ class SpillEngine:
                 if not freed:
                     raise SpillError(f"{self.config.address.display()} is out of memory and "
                                      "holds no cache entries to shed; raise maxmemory or add "
-                                     "shards (the objects stay in memory and are retried)")
+                                     "shards (the objects stay in memory and are retried)") from oom
                 self._transport.set_batch(batch)  # SET is idempotent: the batch may repeat
 
     # -- restore ----------------------------------------------------------------------------
@@ -367,7 +367,9 @@ class SpillEngine:
         except Exception as exc:
             self._leftovers.add(doomed)  # nobody asks again
             spill_metrics().error("delete", exc)
-            raise
+            raise BackendUnavailableError(
+                f"deleting {len(doomed)} spilled objects from {self.config.address.display()} "
+                f"failed ({exc}); they are removed after the next successful operation") from exc
         spill_metrics().deleted(len(doomed), freed)
         self._remove_leftovers()
 

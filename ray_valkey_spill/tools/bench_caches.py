@@ -220,7 +220,7 @@ def kv_ours(client, blocks, ttl):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ray-valkey-spill bench-caches", description=__doc__.split("\n")[0])
     p.add_argument("--url", help="server to use (default: start a private embedded server)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--n", type=int, default=10_000, help="embeddings")

@@ -1,7 +1,7 @@
 """Spill throughput on 1 vs N Valkey Cluster shards, measured side by side in one run.
 
-    python scripts/bench_shards.py [--shards 1,3] [--repeat 3] [--total-gib 0.75]
-                                   [--object-mib 32] [--object-store-mib 256]
+    ray-valkey-spill bench-shards [--shards 1,3] [--repeat 3] [--total-gib 0.75]
+                                       [--object-mib 32] [--object-store-mib 256]
                                    [--chunk-size-bytes 4194304] [--json results/shards.json]
                                    [--skip-ray] [--skip-backend] [--skip-server]
 
@@ -140,7 +140,7 @@ def _median(runs: list[dict], name: str):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="ray-valkey-spill bench-shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", default="1,3", help="comma-separated primaries per cluster")
     p.add_argument("--repeat", type=int, default=3)

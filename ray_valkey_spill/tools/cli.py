@@ -1,9 +1,12 @@
-"""The ``ray-valkey-spill`` command."""
+"""The ``ray-valkey-spill`` command: one subcommand per tool, exit codes from ``cli_options``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from ..errors import RayValkeySpillError
+from .cli_options import EXIT_OK, fail
 
 
 def _cmd_config(args) -> int:
@@ -19,20 +22,22 @@ def _cmd_config(args) -> int:
         except ValueError:
             options[name] = value
     print(spilling_config(args.url, **options))
-    return 0
+    return EXIT_OK
 
 
 def _cmd_options(args) -> int:
     from ..config import option_table_markdown
 
     print(option_table_markdown())
-    return 0
+    return EXIT_OK
 
 
 # Subcommands that own their argument parsing: name -> (module, help).
 _DELEGATED = {
     "stress": ("stress", "spill stress test through Ray, optionally beside filesystem spilling"),
     "bench": ("bench", "backend write/read benchmark against the raw server"),
+    "bench-caches": ("bench_caches", "cache benchmark beside RedisVL and a naive JSON cache"),
+    "bench-shards": ("bench_shards", "spill throughput on 1 vs N Valkey Cluster shards"),
     "stats": ("stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
     "gc": ("gc", "find and remove spilled keys whose Ray session or node is gone"),
     "doctor": ("doctor", "check a server before a cluster relies on it"),
@@ -66,13 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(func=_delegate(_DELEGATED[argv[0]][0]), rest=argv[1:])
     else:
         args = parser.parse_args(argv)
-    from ..errors import RayValkeySpillError
-
     try:
         return args.func(args)
     except RayValkeySpillError as exc:
-        print(f"ray-valkey-spill: {exc}", file=sys.stderr)
-        return 2
+        return fail(getattr(args, "command", None) or argv[0], exc)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ and ends in seconds; no restore reads a chunk without a manifest) is collected e
 session, and checked once more just before it is unlinked.
 
 **Races.** Phase 1 SCANs the prefix once and keeps only per-session aggregates and the orphan
-chunk keys (memory is O(sessions + orphans), not O(keys)). Phase 2 (``--yes``) re-reads the heartbeats of the doomed sessions,
+chunk keys (memory is O(sessions + orphans), not O(keys)). Phase 2 (``--yes``) re-reads the
+heartbeats of the doomed sessions,
 then SCANs again and UNLINKs, in pipelined batches, only keys that parse as this backend's keys
 of a doomed session; a heartbeat key met during that pass is read first and a fresh one stops
 the deletion of its session. Keys of other prefixes (``emb:``, ``vllm:kv:``, ``session:``) and

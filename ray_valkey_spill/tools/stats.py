@@ -27,7 +27,7 @@ from .cli_options import EXIT_OK, add_connection_options, config_from_args, fail
 
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-valkey-spill stats", description=__doc__.split("\n")[0])
     add_connection_options(p, prefix_help="key prefix of spilled objects (default: ray:)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
     """Run ``stats``; exit codes as in ``cli_options``."""
     if argv and argv[0] == "--":  # `ray-valkey-spill stats -- --url ...` passes the separator on
         argv = argv[1:]
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from ..connection import connect
 
     try:

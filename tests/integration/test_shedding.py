@@ -1,4 +1,4 @@
-"""Caches and spilling on one memory-limited server: shedding, eviction, stats.
+"""Shedding cache entries to make room for a spill, on one memory-limited server.
 
 Every test here starts its own small-maxmemory server (and stops it), because memory pressure
 and eviction are instance-wide.
@@ -6,8 +6,6 @@ and eviction are instance-wide.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
 import uuid
 
@@ -16,10 +14,9 @@ import pytest
 import valkey
 
 from ray_valkey_spill import ConfigError
-from ray_valkey_spill.caches import EmbeddingCache, KVCache, SessionStore
+from ray_valkey_spill.caches import EmbeddingCache, KVCache
 from ray_valkey_spill.testing.embedded import EmbeddedValkey
 from ray_valkey_spill.shedding import shed_cache_entries
-from ray_valkey_spill.tools import stats
 
 MiB = 1024 * 1024
 
@@ -113,88 +110,3 @@ def test_shedding_samples_every_cache_prefix_each_round():
                                    max_sample_keys=1000)
         assert freed >= kv_bytes and kv.lookup(tokens) == 0
         assert client.dbsize() >= 5000
-
-
-def test_stats_reports_prefixes_ttls_and_hit_rates(capsys):
-    with EmbeddedValkey(config={"maxmemory": "64mb"}) as server:
-        client = server.client()
-        emb = EmbeddingCache(server.url, "m", ttl_seconds=600, stats_flush_seconds=0)
-        emb.put_many(["a", "b"], np.ones((2, 8), np.float32))
-        emb.get_many(["a", "c"])
-        emb.flush_stats()
-        KVCache(server.url, "m").put(list(range(16)), [np.ones(8)])
-        SessionStore(server.url, ttl_seconds=60).append("s", "hi")
-        client.set("ray:obj", b"z" * 10000)
-        client.set("emb:forgot-ttl", b"1")
-        client.set("misc", b"1")
-        assert stats.main(["--url", server.url, "--json"]) == 0
-        import json
-
-        report = json.loads(capsys.readouterr().out)
-        p = report["prefixes"]
-        assert p["ray:"]["keys"] == 1 and p["ray:"]["bytes"] >= 10000
-        assert p["emb:"]["keys"] == 4 and p["emb:"]["keys_without_ttl"] == 1  # 2 + stats + forgot
-        assert p["vllm:kv:"]["keys"] == 1 and p["session:"]["keys"] == 1  # turns only
-        assert p["other"]["keys"] == 1
-        assert report["server"]["maxmemory_policy"] == "volatile-lru"
-        assert report["hit_rates"]["emb:_stats"]["hit_rate"] == 0.5
-        assert any("no TTL" in w for w in report["warnings"])
-        assert stats.main(["--url", server.url, "--sample", "3"]) == 0
-        table = capsys.readouterr().out
-        assert "vllm:kv:" in table and "estimated from 3" in table
-
-
-def _cache_writer(url: str, stop: threading.Event, written: list[int]) -> None:
-    emb = EmbeddingCache(url, "bge-small", ttl_seconds=3600)
-    kv = KVCache(url, "llama-3.2-1b", ttl_seconds=3600)
-    block = np.ones((16, 2, 16, 8, 64), np.float16)  # 512 KiB: a 16-token block of a 1B model
-    vectors = np.ones((500, 384), np.float32)
-    i = 0
-    while not stop.is_set():
-        emb.put_many([f"{i}:{j}" for j in range(500)], vectors)
-        kv.put(np.arange(16 * 16) + i * 10_000, [block] * 16)
-        written[0] += vectors.nbytes + 16 * block.nbytes
-        i += 1
-
-
-@pytest.mark.slow
-def test_ray_spills_through_a_full_cache_server_and_only_cache_keys_are_evicted(monkeypatch):
-    from conftest import start_ray
-
-    # Start our own Ray even if another local Ray is running (ray.init() would attach to it).
-    monkeypatch.setenv("RAY_ADDRESS", "local")
-
-    with EmbeddedValkey(config={"maxmemory": "400mb", "maxmemory-policy": "volatile-lru"}) \
-            as server:
-        client = server.client()
-        prefix = f"ray:t{_uid()}:"
-        stop, written = threading.Event(), [0]
-        writer = threading.Thread(target=_cache_writer, args=(server.url, stop, written))
-        ray = start_ray(server.url, prefix=prefix, chunk_size_bytes=1 * MiB)
-        try:
-            writer.start()
-            refs, digests = [], []
-            for i in range(30):  # 300 MiB through a 100 MiB object store
-                array = np.random.default_rng(i).integers(0, 255, 10 * MiB, dtype=np.uint8)
-                digests.append(hashlib.sha256(array.tobytes()).hexdigest())
-                refs.append(ray.put(array))
-                del array
-            deadline = time.monotonic() + 30
-            while (written[0] < 600 * MiB
-                   or int(client.info("stats")["evicted_keys"]) == 0) \
-                    and time.monotonic() < deadline:
-                time.sleep(0.2)
-            stop.set()
-            writer.join(timeout=60)
-            spill_keys = list(client.scan_iter(match=prefix + "*", count=1000))
-            assert spill_keys, "nothing was spilled"
-            assert all(client.pttl(k) == -1 for k in spill_keys)
-            evicted = int(client.info("stats")["evicted_keys"])
-            print(f"spill keys {len(spill_keys)}, cache bytes written {written[0] // MiB} MiB, "
-                  f"evicted_keys {evicted}")
-            assert evicted > 0
-            for ref, digest in zip(refs, digests):
-                assert hashlib.sha256(ray.get(ref).tobytes()).hexdigest() == digest
-        finally:
-            stop.set()
-            ray.shutdown()

@@ -25,6 +25,7 @@ class _Recorder:
         self.fail = fail
 
     def inc(self, value, tags=None):
+        self.attempts = getattr(self, "attempts", 0) + 1
         if self.fail:
             raise RuntimeError("broken exporter")
         if value <= 0:  # what Ray's Counter.inc does
@@ -32,6 +33,7 @@ class _Recorder:
         self.calls.append(("inc", value, tags))
 
     def observe(self, value, tags=None):
+        self.attempts = getattr(self, "attempts", 0) + 1
         if self.fail:
             raise RuntimeError("broken exporter")
         self.calls.append(("observe", value, tags))
@@ -96,10 +98,14 @@ def test_cache_metrics_carry_the_cache_tag(fake_metrics):
 
 
 def test_recording_never_raises(monkeypatch):
-    monkeypatch.setattr(M._registry, "_metrics", {n: _Recorder(fail=True) for n in M._DEFINITIONS})
+    """Every metric object raises; recording still returns normally (and did try each one)."""
+    broken = {n: _Recorder(fail=True) for n in M._DEFINITIONS}
+    monkeypatch.setattr(M._registry, "_metrics", broken)
     M.spill_metrics().spilled(1, 1, 1, 1.0)
     M.spill_metrics().error("delete", OSError())
     M.CacheMetrics("session").hit()
+    tried = {n for n, r in broken.items() if getattr(r, "attempts", 0)}
+    assert {"spilled_objects", "spill_seconds", "errors", "cache_hits"} <= tried, tried
 
 
 def test_caches_feed_cache_metrics(fake_metrics, valkey_url):

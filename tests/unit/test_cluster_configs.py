@@ -27,11 +27,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ray_valkey_spill.config import SpillConfig, parse_spilling_config, parse_url
+from ray_valkey_spill.config import option_default, parse_spilling_config, parse_url
 from ray_valkey_spill.errors import ConfigError
 from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "cluster_configs"
 KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
 ACL_FILE = CONFIGS / "valkey-users.acl"
@@ -49,7 +49,7 @@ VALKEY_MANIFESTS = ["valkey.yaml", "valkey-cluster.yaml"]
 CUSTOM_KINDS = {("ray.io/v1", "RayService"), ("ray.io/v1", "RayCluster"),
                 ("monitoring.coreos.com/v1", "ServiceMonitor")}
 SPILL_ENV = "RAY_object_spilling_config"
-DEFAULT_CHUNK = SpillConfig.__dataclass_fields__["chunk_size_bytes"].default
+DEFAULT_CHUNK = option_default("chunk_size_bytes")
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ def test_object_store_is_sized_explicitly_and_fits():
         assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         assert "/dev/shm" in mounts, f"{group}: no /dev/shm volume (object store would use /tmp)"
-    for group, params, template in ray_pod_templates():
+    for _group, params, template in ray_pod_templates():
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
         shm = volumes["dshm"]["emptyDir"]
         assert shm["medium"] == "Memory"

@@ -107,12 +107,15 @@ def test_chunks_stay_below_a_1mb_proto_max_bulk_len():
             ray.shutdown()
 
 
-def test_spilling_over_the_embedded_servers_unix_socket(valkey_server, valkey_client):
-    """The default transport of the stress run: a private socket (mode 700), no TCP."""
+def test_spilling_over_the_embedded_servers_unix_socket(valkey_server):
+    """The default transport of the stress run: a private socket (mode 700), no TCP. Keys are
+    checked on that same embedded server (not RVS_TEST_URL), under a prefix of this test's."""
     import stat
+    import uuid
 
     assert stat.S_IMODE(os.stat(valkey_server.unix_socket).st_mode) == 0o700
-    prefix = "ray:unixsock:"
+    prefix = f"ray:unixsock{uuid.uuid4().hex[:8]}:"
+    valkey_client = valkey_server.client()
     ray = start_ray(valkey_server.unix_url, prefix=prefix, chunk_size_bytes=MiB)
     rng = np.random.default_rng(9)
     values = [rng.random(5 * MiB // 8) for _ in range(30)]  # 150 MiB through 100 MiB
@@ -126,6 +129,7 @@ def test_spilling_over_the_embedded_servers_unix_socket(valkey_server, valkey_cl
         del refs
         ray.shutdown()
     assert not scan_keys(valkey_client, prefix + "*")
+    valkey_client.close()
 
 
 def test_embedded_server_socket_fits_under_a_deep_data_dir(tmp_path):

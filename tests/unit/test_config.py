@@ -96,6 +96,13 @@ def test_spilling_config_round_trips_and_omits_defaults():
 
 
 def test_every_option_has_a_field_with_its_default():
+    """SpillConfig has exactly one field per option (no stray field with a default of its own),
+    and a config from a bare URL carries each option's default from the table."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(SpillConfig)]
+    assert fields == ["url", "address"] + [o.name for o in OPTIONS[1:]]
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(SpillConfig))
     config = SpillConfig.from_params({"url": "valkey://h"})
     for option in OPTIONS[1:]:
         assert getattr(config, option.name) == option.default

@@ -32,7 +32,7 @@ from ray_valkey_spill.keyspace import scan_keys
 from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
 from ray_valkey_spill.server_checks import check_server
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "cluster_configs"
 ACL_FILE = CONFIGS / "valkey-users.acl"
 MiB = 1024 * 1024
