@@ -7,9 +7,11 @@ carry a secret: a password comes from an environment variable or a file named he
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -72,10 +74,21 @@ def _optional_str(field: str, value: Any) -> str | None:
     return value
 
 
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_LOOKS_LIKE_A_SECRET = re.compile(r"^[0-9A-F]{16,}$")
+NOT_SHOWN = "<not shown: it may be a secret>"
+
+
 def _env_name(field: str, value: Any) -> str | None:
-    value = _optional_str(field, value)
-    if value is not None and not (value.replace("_", "a").isalnum() and value.isascii()):
-        raise ConfigError(field, value, "the NAME of an environment variable (letters, digits, _)")
+    """The NAME of an environment variable. Anything else is refused without being echoed: a
+    password pasted here by mistake would travel on every IO worker's command line."""
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not _ENV_NAME.match(value)
+            or _LOOKS_LIKE_A_SECRET.match(value)):
+        raise ConfigError(field, NOT_SHOWN, "the NAME of an environment variable: upper-case "
+                          "letters, digits and _, not starting with a digit (e.g. "
+                          "VALKEY_SPILL_PASSWORD); never the password itself")
     return value
 
 
@@ -154,41 +167,80 @@ class ServerAddress:
         return f"{self.scheme}://{host}:{self.port}/{self.db}"
 
 
+def redact_url(url: str) -> str:
+    """``url`` as safe to show: the userinfo's password and every query value replaced by
+    ``***``. Works on malformed URLs too (it never parses them), so any error may quote it."""
+    text = url
+    head, sep, rest = text.partition("://")
+    if sep:
+        netloc_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        at = rest.rfind("@", 0, netloc_end) if "@" in rest[:netloc_end] else rest.rfind("@")
+        if at >= 0:
+            user = rest[:at].split(":", 1)[0]
+            rest = f"{user}:***@{rest[at + 1:]}"
+        text = head + sep + rest
+    return re.sub(r"([?&;][^=&;#]*)=([^&;#]*)", r"\1=***", text)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _valid_host(host: str) -> bool:
+    if ":" in host:  # an IPv6 literal (urlsplit already took the brackets off)
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+            return True
+        except ValueError:
+            return False
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
 def parse_url(url: Any) -> ServerAddress:
-    """Parse and check a server URL. A password in it is refused: use password_env/_file."""
+    """Parse and check a server URL. A password in it is refused: use password_env/_file.
+
+    Errors quote the URL only in its redacted form (``redact_url``)."""
     if not isinstance(url, str) or not url:
-        raise ConfigError("url", url, f"a server URL with scheme one of {', '.join(SCHEMES)}")
+        shown = url if not isinstance(url, str) else ""
+        raise ConfigError("url", shown, f"a server URL with scheme one of {', '.join(SCHEMES)}")
+    shown = redact_url(url)
     if any(c.isspace() for c in url) or not url.isprintable():
-        raise ConfigError("url", url, "a URL without whitespace or control characters")
+        raise ConfigError("url", shown, "a URL without whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
         username, password = parts.username, parts.password
-    except ValueError as exc:
-        raise ConfigError("url", url, f"a well-formed URL ({exc})") from exc
+    except ValueError:
+        raise ConfigError("url", shown, "a well-formed URL (host, and a port from 1 to 65535)") \
+            from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
-        raise ConfigError("url", url, f"scheme one of {', '.join(SCHEMES)}")
+        raise ConfigError("url", shown, f"scheme one of {', '.join(SCHEMES)}")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     if password is not None or "password" in query:
         raise ConfigError(
-            "url", _redact(url), "no password in the URL: Ray shows the spilling config on every "
+            "url", shown, "no password in the URL: Ray shows the spilling config on every "
             "IO worker's command line; put it in an environment variable named by "
             "'password_env' or a file named by 'password_file'")
     unknown = set(query) - {"db"}
     if unknown:
-        raise ConfigError("url", url, "no query arguments other than db=N")
+        raise ConfigError("url", shown, "no query arguments other than db=N")
     if parts.fragment:
-        raise ConfigError("url", url, "no #fragment")
+        raise ConfigError("url", shown, "no #fragment")
     db_text = query.get("db", [None])[-1]
     if scheme == "unix":
         if not parts.path.startswith("/") or parts.netloc:
-            raise ConfigError("url", url, "unix:///absolute/path/to/socket[?db=N]")
+            raise ConfigError("url", shown, "unix:///absolute/path/to/socket[?db=N]")
         host, unix_path = None, parts.path
     else:
         host, unix_path = parts.hostname, None
         if not host:
-            raise ConfigError("url", url, "a host, as in valkey://host:6379/0")
+            raise ConfigError("url", shown, "a host, as in valkey://host:6379/0")
+        if not _valid_host(host):
+            raise ConfigError("url", shown, "a host name (letters, digits, '-', dot-separated "
+                              "labels) or an IP address")
+        if port == 0:
+            raise ConfigError("url", shown, "a port from 1 to 65535")
         path = parts.path.strip("/")
         if path:
             db_text = path
@@ -199,22 +251,15 @@ def parse_url(url: Any) -> ServerAddress:
     elif db_text.isascii() and db_text.isdigit() and int(db_text) < 2**31:
         db = int(db_text)
     else:
-        raise ConfigError("url", url, "a database number such as /0")
+        raise ConfigError("url", shown, "a database number such as /0")
     cluster = scheme in CLUSTER_SCHEMES
     if cluster and db != 0:
-        raise ConfigError("url", url, "database 0: Valkey Cluster has only one database")
+        raise ConfigError("url", shown, "database 0: Valkey Cluster has only one database")
     return ServerAddress(
         scheme=scheme, host=host, port=port, unix_path=unix_path, db=db,
         username=urllib.parse.unquote(username) if username else None,
         tls=scheme in TLS_SCHEMES or scheme == "valkeys+cluster", cluster=cluster,
     )
-
-
-def _redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, "", ""))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,23 @@ def config_get(client, name: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def eviction_policy(client) -> str | None:
+    """The server's maxmemory-policy, read as a least-privilege user can: CONFIG GET, else
+    ``INFO memory`` (grant ``+info|memory``); None when the user may run neither."""
+    import valkey
+
+    policy = config_get(client, "maxmemory-policy")
+    if policy is not None:
+        return policy
+    try:
+        info = client.info("memory")
+    except valkey.exceptions.ResponseError as exc:  # NOPERM: INFO is not granted
+        logger.debug("cannot run INFO memory: %s", exc)
+        return None
+    value = info.get("maxmemory_policy")
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def each_node(client, primaries_only: bool = False) -> list[tuple[str, object]]:
     """``(host:port, client)`` of every node behind a cluster client (valkey-py sends CONFIG
     GET and INFO to one node only), or ``[("", client)]`` for a standalone client. Settings
@@ -44,6 +61,7 @@ def each_node(client, primaries_only: bool = False) -> list[tuple[str, object]]:
 
 
 def eviction_risk(policy: str | None) -> bool:
+    """True for a policy that may evict keys without a TTL, i.e. spilled objects."""
     return policy is not None and policy.startswith("allkeys-")
 
 
@@ -73,7 +91,7 @@ def check_server(config: SpillConfig) -> dict:
     try:
         # Every node of a cluster; keep the worst answer.
         nodes = each_node(client)
-        policies = [config_get(c, "maxmemory-policy") for _, c in nodes]
+        policies = [eviction_policy(c) for _, c in nodes]
         bulks = [config_get(c, "proto-max-bulk-len") for _, c in nodes]
         risky = [p for p in policies if eviction_risk(p)]
         policy = risky[0] if risky else (None if None in policies else policies[0])
@@ -86,9 +104,12 @@ def check_server(config: SpillConfig) -> dict:
             f"{where} runs maxmemory-policy {policy}, which can evict spilled objects (silent "
             "data loss). Set maxmemory-policy volatile-lru (only keys with a TTL, i.e. cache "
             "keys, are evicted), or pass allow_allkeys_eviction=true to accept the risk.")
-    if policy is None:
-        logger.warning("cannot read maxmemory-policy of %s (no CONFIG permission); make sure it "
-                       "is a volatile-* policy or noeviction", where)
+    if policy is None and not config.allow_allkeys_eviction:
+        raise UnsafeServerError(
+            f"cannot read the maxmemory-policy of {where} as user {config.user or 'default'} "
+            "(neither CONFIG GET nor INFO memory is allowed), so an allkeys-* policy that evicts "
+            "spilled objects would go unnoticed. Grant the user +info|memory (the shipped ACL "
+            "does), or pass allow_allkeys_eviction=true to start without this check.")
     if bulk is not None and config.chunk_size_bytes >= int(bulk):
         raise ConfigError("chunk_size_bytes", config.chunk_size_bytes,
                           f"below the server's proto-max-bulk-len ({bulk} bytes)")

@@ -16,7 +16,7 @@ from ..config import SpillConfig
 from ..errors import BackendUnavailableError, ConfigError, ServerReplyError
 from ..metrics import CacheMetrics
 from ..prefixes import validate_prefix
-from ..server_checks import config_get, eviction_risk
+from ..server_checks import eviction_policy, eviction_risk
 
 logger = logging.getLogger("ray_valkey_spill")
 
@@ -88,7 +88,7 @@ def warn_if_allkeys_policy(client: Any) -> str | None:
         if id(client) in _checked:
             return _checked[id(client)]
     try:
-        policy = config_get(client, "maxmemory-policy")
+        policy = eviction_policy(client)
     except Exception as exc:  # noqa: BLE001 - an unreachable server must not fail construction; first use will
         logger.debug("cannot read maxmemory-policy: %s", exc)
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import RayValkeySpillError
+from ..errors import ConfigError, RayValkeySpillError, ServerReplyError
 from .cli_options import EXIT_OK, fail
 
 
@@ -16,7 +16,12 @@ def _cmd_config(args) -> int:
 
     options = {}
     for item in args.option or []:
-        name, _, value = item.partition("=")
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise ConfigError("option", item.split("=", 1)[0] or item,
+                              "name=value, e.g. chunk_size_bytes=4194304")
+        if name == "url":
+            raise ConfigError("option", "url", "the URL only as the first argument")
         try:
             options[name] = json.loads(value)
         except ValueError:
@@ -71,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(func=_delegate(_DELEGATED[argv[0]][0]), rest=argv[1:])
     else:
         args = parser.parse_args(argv)
+    command = getattr(args, "command", None) or argv[0]
     try:
         return args.func(args)
     except RayValkeySpillError as exc:
-        return fail(getattr(args, "command", None) or argv[0], exc)
+        return fail(command, exc)
+    except (OSError, ValueError) as exc:  # a safety net: one line, never a traceback
+        return fail(command, ServerReplyError(f"{type(exc).__name__}: {exc}"))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from ..config import MiB, SpillConfig
 from ..connection import connection_kwargs
 from ..errors import RayValkeySpillError
+from ..keyspace import SCAN_COUNT
 from ..prefixes import CACHE_PREFIXES
 from ..server_checks import each_node
 from .cli_options import (EXIT_FINDINGS, EXIT_OK, add_connection_options, config_from_args,
@@ -42,6 +43,20 @@ MIN_VERSION = (7, 2)  # CLIENT NO-TOUCH, ACL DRYRUN, volatile-* semantics as doc
 # Commands the spill backend (and gc) sends on keys under its prefix.
 # Prefixes the spill user must not reach: the other tenants of a shared server.
 OTHER_PREFIXES = CACHE_PREFIXES
+TTL_SAMPLE_KEYS = 10_000
+# Commands that reach outside a data user's key prefix: every key, another database, the
+# server's settings or secrets, code that runs on the server, or a copy of all data.
+DANGEROUS_COMMANDS: tuple[tuple[str, ...], ...] = (
+    ("FLUSHALL",), ("FLUSHDB",), ("KEYS", "*"), ("SELECT", "1"), ("SWAPDB", "0", "1"),
+    ("MOVE", "k", "1"), ("MIGRATE", "h", "1", "k", "0", "1"),
+    ("EVAL", "return 1", "0"), ("SCRIPT", "LOAD", "return 1"), ("FCALL", "f", "0"),
+    ("FUNCTION", "LOAD", "#!lua name=x\nreturn 1"), ("FUNCTION", "DELETE", "x"),
+    ("FUNCTION", "FLUSH"), ("CONFIG", "SET", "maxmemory", "0"),
+    ("CONFIG", "GET", "masterauth"), ("CONFIG", "GET", "requirepass"), ("DEBUG", "SLEEP", "0"),
+    ("MODULE", "LIST"), ("SHUTDOWN",), ("REPLICAOF", "NO", "ONE"), ("SYNC",),
+    ("PSYNC", "?", "-1"), ("ACL", "SETUSER", "x"), ("CLIENT", "KILL", "ID", "1"),
+)
+_SUBCOMMANDS = {"SCRIPT", "FUNCTION", "CONFIG", "MODULE", "ACL", "CLIENT", "DEBUG"}
 
 
 @dataclass
@@ -75,12 +90,14 @@ def _is_noperm(exc: BaseException) -> bool:
 
 class Doctor:
     def __init__(self, config: SpillConfig, pings: int = DEFAULT_PINGS,
-                 admin: SpillConfig | None = None):
+                 admin: SpillConfig | None = None, check_users: tuple[str, ...] = ()):
         """``admin``: credentials to read the server's settings with when the spill user may
         not run CONFIG GET (a least-privilege user); permissions are always checked as the
-        spill user."""
+        spill user. ``check_users``: more ACL users (caches, metrics) whose permissions are
+        checked for commands that reach outside their prefix."""
         self.config = config
         self.admin = admin
+        self.check_users = check_users
         self.pings = pings
         self.checks: list[Check] = []
         self.client = None
@@ -125,6 +142,8 @@ class Doctor:
             self._scope = ""
             self.check_auth()
             self.check_acl()
+            self.check_dangerous_permissions()
+            self.check_cache_ttls()
         finally:
             for client in (self.client, self._admin_client):
                 try:
@@ -284,6 +303,14 @@ class Doctor:
                 settings[name] = exc
                 continue
             settings[name] = value.decode() if isinstance(value, bytes) else value
+        if isinstance(settings["maxmemory-policy"], Exception):
+            # A least-privilege user may read INFO memory (+info|memory) but not CONFIG.
+            try:
+                info = client.info("memory")
+                settings["maxmemory-policy"] = info["maxmemory_policy"]
+                settings["maxmemory"] = str(info["maxmemory"])
+            except (valkey.exceptions.ValkeyError, KeyError):
+                pass
         return settings
 
     @staticmethod
@@ -464,6 +491,72 @@ class Doctor:
                      "skipped", "grant +config|get +object|idletime +memory|usage")
 
 
+    # -- what no data user may do ---------------------------------------------------------
+    def _dryrun_client(self):
+        """A client that may run ACL DRYRUN for other users: the admin's, else the spill
+        user's (which usually may not)."""
+        return self._admin_client or self.client
+
+    def check_dangerous_permissions(self) -> None:
+        """ERROR for every checked user that may run a command reaching outside its key
+        prefix (scripts, functions, other databases, server configuration, replication)."""
+        users = [self.config.user or "default", *self.check_users]
+        client = self._dryrun_client()
+        for user in dict.fromkeys(users):
+            allowed = []
+            try:
+                for command in DANGEROUS_COMMANDS:
+                    reply = client.execute_command("ACL", "DRYRUN", user, *command)
+                    if (reply.decode() if isinstance(reply, bytes) else str(reply)) == "OK":
+                        allowed.append(" ".join(command[:2]) if command[0] in _SUBCOMMANDS
+                                       else command[0])
+            except Exception as exc:  # noqa: BLE001 - reported as a row, never a traceback
+                self.add("acl-dangerous", WARN, f"cannot check user {user}: ACL DRYRUN failed "
+                         f"({_err_text(exc)})", "pass --admin-username/--admin-password-env of "
+                         "a user allowed ACL DRYRUN")
+                continue
+            if allowed:
+                self.add("acl-dangerous", ERROR, f"user {user} may run {', '.join(allowed)}: "
+                         "these reach outside its key prefix (another database, every key, "
+                         "server settings or code that runs on the server)",
+                         "reset the user with the shipped ACL (docs/security.md)")
+            else:
+                self.add("acl-dangerous", OK, f"user {user} may run none of the "
+                         f"{len(DANGEROUS_COMMANDS)} commands that reach outside its prefix")
+
+    def check_cache_ttls(self, sample: int = TTL_SAMPLE_KEYS) -> None:
+        """WARN when cache keys have no TTL: a volatile-* server can never evict them, so they
+        crowd out spilled objects."""
+        import valkey
+
+        client = self._dryrun_client()
+        without, seen = {}, 0
+        try:
+            for prefix in OTHER_PREFIXES:
+                keys = []
+                for key in client.scan_iter(match=prefix + "*", count=SCAN_COUNT):
+                    keys.append(key)
+                    if seen + len(keys) >= sample:
+                        break
+                seen += len(keys)
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.ttl(key)
+                missing = sum(1 for ttl in (pipe.execute() if keys else []) if ttl == -1)
+                if missing:
+                    without[prefix] = missing
+        except valkey.exceptions.ValkeyError as exc:
+            self.add("cache-ttl", WARN, f"cannot read cache keys' TTLs ({_err_text(exc)})",
+                     "pass admin credentials (--admin-*)")
+            return
+        if without:
+            self.add("cache-ttl", WARN, "cache keys without a TTL (never evictable; they crowd "
+                     "out spilled objects): " + ", ".join(f"{p}* {n}" for p, n in without.items()),
+                     "write cache entries with SET ... EX (the package's caches always do)")
+        else:
+            self.add("cache-ttl", OK, f"every cache key seen has a TTL ({seen} checked)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-valkey-spill doctor",
                                 description="Check a Valkey server before Ray spills to it.")
@@ -472,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "spill user may not run CONFIG GET (default: the default user)")
     p.add_argument("--admin-password-env", help="NAME of the variable holding the admin password")
     p.add_argument("--admin-password-file", help="file holding the admin password")
+    p.add_argument("--check-user", action="append", default=[], metavar="USER",
+                   help="also check this ACL user (caches, metrics) for commands that reach "
+                        "outside its prefix (repeatable; needs ACL DRYRUN, e.g. as --admin-*)")
     p.add_argument("--chunk-size-bytes", type=int, help="the backend's chunk_size_bytes")
     p.add_argument("--pings", type=int, default=DEFAULT_PINGS, help="PINGs for the latency check")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -503,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
         if args.pings < 1:
             raise RayValkeySpillError("--pings must be at least 1")
-        checks = Doctor(config, pings=args.pings, admin=admin_config_from_args(args)).run()
+        checks = Doctor(config, pings=args.pings, admin=admin_config_from_args(args),
+                        check_users=tuple(args.check_user)).run()
     except RayValkeySpillError as exc:
         return fail("doctor", exc)
     errors = sum(c.status == ERROR for c in checks)

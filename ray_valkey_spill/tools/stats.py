@@ -19,7 +19,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import BackendUnavailableError, RayValkeySpillError
+from ..errors import BackendUnavailableError, RayValkeySpillError, ServerReplyError
 from ..keyspace import SCAN_COUNT
 from ..prefixes import CACHE_PREFIXES, SPILL_PREFIX, STATS_SUFFIX
 from ..server_checks import each_node
@@ -102,6 +102,11 @@ def collect(client: Any, spill_prefix: str = SPILL_PREFIX, sample: int = 0,
             hit_rates[key.decode()] = fields
     except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError) as exc:
         raise BackendUnavailableError(f"stats: Valkey unavailable: {exc}") from exc
+    except valkey.exceptions.ResponseError as exc:
+        raise ServerReplyError(
+            f"stats: the server refused ({exc}). stats reads INFO, DBSIZE and every tenant's "
+            "keys (SCAN, MEMORY USAGE, PTTL): run it as a user allowed those, such as the "
+            "shipped read-only 'platform' user (--username platform)") from exc
     estimated = bool(sample) and scanned < dbsize and scanned > 0
     if estimated:
         scale = dbsize / scanned

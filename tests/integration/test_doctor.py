@@ -9,7 +9,7 @@ import pytest
 
 from ray_valkey_spill.testing.embedded import EmbeddedValkey
 from ray_valkey_spill.tools import doctor
-from ray_valkey_spill.tools.cli_options import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from ray_valkey_spill.tools.cli_options import EXIT_FINDINGS, EXIT_USAGE
 
 
 def _run(capsys, argv):
@@ -18,12 +18,27 @@ def _run(capsys, argv):
     return code, out.out, out.err
 
 
-def test_a_spill_safe_server_passes(capsys, valkey_server):
+def test_settings_pass_but_an_all_powerful_user_is_an_error(capsys, valkey_server):
+    """The embedded server's settings are spill-safe; its default user may run anything
+    (FLUSHALL, SELECT, FUNCTION LOAD, ...), which doctor reports as an ERROR (exit 1)."""
     code, out, _ = _run(capsys, ["--url", valkey_server.url, "--json", "--pings", "3"])
     report = json.loads(out)
-    rows = {c["check"]: c["status"] for c in report["checks"]}
-    assert code == EXIT_OK and report["errors"] == 0, report
-    assert rows["reachable"] == "OK" and rows["maxmemory-policy"] == "OK"
+    rows = {c["check"]: c for c in report["checks"]}
+    assert rows["reachable"]["status"] == "OK" and rows["maxmemory-policy"]["status"] == "OK"
+    assert rows["acl-dangerous"]["status"] == "ERROR"
+    assert "FLUSHALL" in rows["acl-dangerous"]["detail"]
+    assert "FUNCTION LOAD" in rows["acl-dangerous"]["detail"]
+    assert code == EXIT_FINDINGS and report["errors"] == 1, report
+
+
+def test_cache_keys_without_a_ttl_are_reported(capsys):
+    with EmbeddedValkey() as s:
+        client = s.client()
+        client.set("emb:forgot-ttl", b"1")
+        client.set("emb:fine", b"1", ex=60)
+        code, out, _ = _run(capsys, ["--url", s.url, "--json", "--pings", "1"])
+    rows = {c["check"]: c for c in json.loads(out)["checks"]}
+    assert rows["cache-ttl"]["status"] == "WARN" and "emb:* 1" in rows["cache-ttl"]["detail"]
 
 
 def test_an_allkeys_server_is_an_error(capsys):
