@@ -288,6 +288,8 @@ class SpillConfig:
 
     @classmethod
     def from_params(cls, params: Any) -> "SpillConfig":
+        """Build a config from the spilling ``params`` (a dict of options, ``url`` required),
+        checking every option; raises ``ConfigError`` naming the first bad one."""
         if not isinstance(params, dict):
             raise ConfigError("params", params, "a JSON object of options, e.g. {\"url\": ...}")
         unknown = sorted(set(params) - set(_OPTIONS_BY_NAME), key=str)
@@ -321,6 +323,7 @@ class SpillConfig:
 
     @property
     def user(self) -> str | None:
+        """The ACL user: ``username``, else the URL's user, else None (the default user)."""
         return self.username or self.address.username
 
     def resolve_password(self) -> str | None:

@@ -157,6 +157,7 @@ class SpillMetrics:
         _record(update)
 
     def deleted(self, objects: int, original_bytes: int = 0) -> None:
+        """Objects removed at Ray's request; ``original_bytes`` is their size as Ray counts it."""
         def update(metrics):
             _inc(metrics, "deleted_objects", objects)
             _inc(metrics, "deleted_bytes", original_bytes)
@@ -183,15 +184,19 @@ class CacheMetrics:
             _record(lambda metrics: metrics[name].inc(n, tags=self._tags))
 
     def hit(self, n: int = 1) -> None:
+        """Count ``n`` cache hits."""
         self._add("cache_hits", n)
 
     def miss(self, n: int = 1) -> None:
+        """Count ``n`` cache misses."""
         self._add("cache_misses", n)
 
     def bytes_written(self, n: int) -> None:
+        """Count ``n`` bytes written to the cache."""
         self._add("cache_written_bytes", n)
 
     def bytes_read(self, n: int) -> None:
+        """Count ``n`` bytes read from the cache."""
         self._add("cache_read_bytes", n)
 
 

@@ -61,7 +61,8 @@ def each_node(client, primaries_only: bool = False) -> list[tuple[str, object]]:
 
 
 def eviction_risk(policy: str | None) -> bool:
-    """True for a policy that may evict keys without a TTL, i.e. spilled objects."""
+    """Whether ``policy`` may evict keys without a TTL (the ``allkeys-*`` policies), which
+    would lose spilled objects."""
     return policy is not None and policy.startswith("allkeys-")
 
 

@@ -81,6 +81,7 @@ class EmbeddingCache(KeyedArrayCache):
         return self._key_head + text_digest(text)
 
     def keys(self, texts: Sequence[Text]) -> list[str]:
+        """The Valkey keys of ``texts`` for this model, in order."""
         head = self._key_head
         return [head + text_digest(t) for t in texts]
 

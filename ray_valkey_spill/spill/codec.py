@@ -57,6 +57,7 @@ _MANIFEST_TAIL = struct.Struct("<Q")  # xxh3-64 of everything before it
 
 
 def checksum(data) -> int:
+    """The xxh3-64 checksum of ``data`` (any buffer), as an int."""
     return xxhash.xxh3_64_intdigest(data)
 
 
@@ -77,6 +78,9 @@ def scratch(slot: int, nbytes: int) -> memoryview:
 
 @dataclass(frozen=True)
 class ChunkInfo:
+    """How one chunk is stored: its codec, its length on the server and the checksum of its
+    original bytes."""
+
     codec: int
     stored_len: int
     checksum: int
@@ -84,6 +88,9 @@ class ChunkInfo:
 
 @dataclass(frozen=True)
 class Manifest:
+    """What a restore needs besides the chunks: the chunk size, the object's data length,
+    owner address, metadata and one ``ChunkInfo`` per chunk."""
+
     chunk_size: int
     buf_len: int
     owner_address: bytes
@@ -91,9 +98,11 @@ class Manifest:
     chunks: tuple[ChunkInfo, ...]
 
     def raw_len(self, index: int) -> int:
+        """Original length of chunk ``index`` (only the last one may be short)."""
         return min(self.chunk_size, self.buf_len - index * self.chunk_size)
 
     def encode(self) -> bytes:
+        """The manifest as bytes, ending with a checksum of everything before it."""
         parts = [_MANIFEST_HEAD.pack(MANIFEST_MAGIC, MANIFEST_VERSION, len(self.chunks),
                                      self.chunk_size, self.buf_len, len(self.owner_address),
                                      len(self.metadata)),
@@ -250,6 +259,8 @@ def shuffle(data, width: int) -> np.ndarray:
 
 
 def unshuffle_into(shuffled, target: memoryview, width: int) -> None:
+    """Undo ``shuffle``: write the byte planes ``shuffled`` back into ``target`` as width-byte
+    elements (same length)."""
     import numpy as np
 
     src = np.frombuffer(shuffled, np.uint8)

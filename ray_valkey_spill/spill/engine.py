@@ -67,6 +67,8 @@ class SpillObject:
     owner_address: bytes
 
     def framed_size(self) -> int:
+        """The object's size in Ray's framing: what the URL carries and Ray counts as spilled
+        bytes."""
         data_len = 0 if self.data is None else len(self.data)
         return FRAME_HEADER_BYTES + len(self.owner_address) + len(self.metadata) + data_len
 
@@ -423,10 +425,12 @@ class ObjectReader:
 
     @property
     def metadata(self) -> bytes:
+        """The object's Ray metadata."""
         return self._manifest.metadata
 
     @property
     def owner_address(self) -> bytes:
+        """The serialized address of the object's owner."""
         return self._manifest.owner_address
 
     def readinto(self, view) -> int:

@@ -29,6 +29,8 @@ DRIVER_NODE = "driver"
 
 
 def heartbeat_interval_s() -> float:
+    """Seconds between beats: ``INTERVAL_ENV`` if set to a number (at least 0.1), else
+    ``HEARTBEAT_INTERVAL_S``."""
     try:
         return max(0.1, float(os.environ.get(INTERVAL_ENV, HEARTBEAT_INTERVAL_S)))
     except ValueError:
@@ -81,6 +83,8 @@ class Heartbeat:
             self._running = False
 
     def stop_and_remove(self) -> None:
+        """Stop beating and remove the stamp; never raises (a stamp left behind is removed by
+        ``gc``)."""
         with self._lock:
             self._stop.set()
         try:
@@ -104,6 +108,7 @@ def start_driver_heartbeat(prefix: str, session: str, client: Callable[[], objec
 
 
 def stop_driver_heartbeat(prefix: str, session: str) -> None:
+    """Stop the driver's stamp of this session and remove it; a no-op if none runs."""
     with _driver_lock:
         beat = _driver_beats.pop((prefix, session), None)
     if beat is not None:

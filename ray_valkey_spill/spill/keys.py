@@ -46,6 +46,7 @@ def node_pattern(prefix: str, session: str, node_id: str) -> str:
 
 
 def heartbeat_key(prefix: str, session: str, node_id: str) -> str:
+    """The heartbeat key of this node in this session."""
     # No TTL on purpose: under volatile-lru a TTL would make it evictable, and an evicted
     # heartbeat would make gc take a live session for dead.
     return node_pattern(prefix, session, node_id)[:-2] + HEARTBEAT_SUFFIX
@@ -77,37 +78,48 @@ def chunk_base(key: str) -> str | None:
 
 
 def is_manifest_key(key: str | bytes) -> bool:
+    """Whether ``key`` is an object manifest key."""
     return key.endswith(MANIFEST_SUFFIX if isinstance(key, str) else MANIFEST_SUFFIX.encode())
 
 
 def is_heartbeat_key(key: str | bytes) -> bool:
+    """Whether ``key`` is a heartbeat key."""
     return key.endswith(HEARTBEAT_SUFFIX if isinstance(key, str) else HEARTBEAT_SUFFIX.encode())
 
 
 def new_base_key(prefix: str, session: str, node_id: str, object_hex: str) -> str:
+    """A fresh base key for one spill of an object (a random nonce each time); raises
+    ``InvalidSpillURLError`` for a session, node or object id that is not a plain name."""
     return (f"{prefix}{_check_name('session', session)}:{_check_name('node id', node_id)}:"
             f"{_check_name('object id', object_hex)}.{secrets.token_hex(4)}")
 
 
 def chunk_key(base_key: str, index: int) -> str:
+    """The key of chunk ``index`` of an object."""
     return f"{base_key}:{index}"
 
 
 def manifest_key(base_key: str) -> str:
+    """The manifest key of an object."""
     return base_key + MANIFEST_SUFFIX
 
 
 def object_keys(base_key: str, n_chunks: int) -> list[str]:
+    """Every key of an object: its manifest first, then its chunks in order."""
     return [manifest_key(base_key)] + [chunk_key(base_key, i) for i in range(n_chunks)]
 
 
 @dataclass(frozen=True)
 class SpillURL:
+    """What a spill URL carries: the object's base key, its size in Ray's framing and its chunk
+    count."""
+
     base_key: str
     size: int
     n_chunks: int
 
     def encode(self) -> bytes:
+        """The URL handed to Ray, as bytes."""
         return (f"{URL_SCHEME}://{URL_HOST}/{self.base_key}"
                 f"?offset=0&size={self.size}&chunks={self.n_chunks}").encode()
 

@@ -28,6 +28,8 @@ class LeftoverObjects:
         self._last_recheck = float("-inf")
 
     def add(self, objects: list[tuple[str, int]]) -> None:
+        """Remember objects to remove until a removal succeeds (the oldest beyond MAX_OBJECTS
+        are dropped)."""
         with self._lock:
             for obj in objects:
                 self._until[obj] = float("inf")
@@ -35,6 +37,8 @@ class LeftoverObjects:
                 del self._until[next(iter(self._until))]
 
     def removed(self, objects: list[tuple[str, int]]) -> None:
+        """Record a successful removal of ``objects``: they are removed again until RECHECK_S from
+        now, then forgotten."""
         until = time.monotonic() + self.RECHECK_S
         with self._lock:
             for obj in objects:

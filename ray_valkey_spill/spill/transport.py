@@ -86,6 +86,7 @@ class Transport:
 
     @property
     def cluster(self) -> bool:
+        """Whether the server is a cluster (from the URL)."""
         return self.config.address.cluster
 
     def set_batch(self, batch: Sequence[tuple[str, object]]) -> None:

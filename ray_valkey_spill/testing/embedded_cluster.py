@@ -175,6 +175,7 @@ class EmbeddedValkeyCluster:
 
     @property
     def ports(self) -> list[int]:
+        """TCP ports of the nodes, in order."""
         return [n.port for n in self.nodes]
 
     def client(self, **kwargs: Any):

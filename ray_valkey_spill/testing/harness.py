@@ -49,10 +49,12 @@ class SpillHarness:
 
     @property
     def config(self) -> SpillConfig:
+        """The engine's spilling config."""
         return self.engine.config
 
     @property
     def client(self):
+        """The engine's pooled valkey-py client."""
         return self.engine.client
 
     def connect(self) -> None:
@@ -95,6 +97,8 @@ class SpillHarness:
         return target
 
     def delete(self, urls: list[bytes]) -> None:
+        """Remove the objects behind ``urls``, as Ray's delete does; raises if the server
+        fails."""
         self.engine.delete(urls)
 
     def stored_bytes(self, url: bytes) -> int:
@@ -110,6 +114,7 @@ class SpillHarness:
         self.engine.destroy()
 
     def close(self) -> None:
+        """Stop the engine's I/O threads."""
         self.engine.close()
 
     def __enter__(self) -> "SpillHarness":

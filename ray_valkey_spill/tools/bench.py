@@ -49,6 +49,8 @@ KINDS = ("float64", "fp16-kv", "int-tokens", "sparse")
 # -- the raw server limit -------------------------------------------------------------------
 def raw_round(address, connections: int, buf: memoryview, target: memoryview,
               chunk: int, client) -> tuple[float, float]:
+    """One raw round: SET ``buf`` in chunks, GET it into ``target``, remove the keys; (SET, GET)
+    throughput in GiB/s."""
     from ..spill.transport import BATCH_BYTES, BATCH_COMMANDS
 
     prefix = f"ray:rawbench{uuid.uuid4().hex[:8]}:"
@@ -63,6 +65,8 @@ def raw_round(address, connections: int, buf: memoryview, target: memoryview,
 
 
 def redis_benchmark(address, connections: int, size: int, total: int) -> dict | None:
+    """``redis-benchmark`` SET/GET throughput (GiB/s) for ``size``-byte values; None when it is
+    not installed or fails to run."""
     exe = shutil.which("redis-benchmark")
     if exe is None:
         return None
@@ -94,6 +98,8 @@ def redis_benchmark(address, connections: int, size: int, total: int) -> dict | 
 # -- measurements ---------------------------------------------------------------------------
 def backend_round(url: str, buf: np.ndarray, target: np.ndarray, chunk: int, connections: int,
                   compression: str, verify: bool = True) -> dict[str, float]:
+    """One backend round: spill ``buf``, restore it into ``target``, delete it; write/read GiB/s
+    and stored/original bytes. Raises ``AssertionError`` if ``verify`` finds the bytes differ."""
     prefix = f"ray:bench{uuid.uuid4().hex[:8]}:"
     h = SpillHarness(url, prefix, chunk_size_bytes=chunk, connections=connections,
                      compression=compression)
@@ -156,6 +162,8 @@ class _RssSampler:
 
 
 def memory_round(url: str, nbytes: int, kind: str, chunk: int, connections: int) -> dict[str, Any]:
+    """Peak extra memory (MiB) and throughput of spilling and restoring one ``nbytes`` object of
+    ``kind``, and whether the restored bytes match."""
     buf = make_data(kind, nbytes)
     target = np.empty_like(buf)
     target[::4096] = 1  # touch every page now, so it is not counted as extra
@@ -192,6 +200,8 @@ def _median_dict(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(args) -> dict[str, Any]:
+    """Run every sweep of ``args`` (chunk size x connections, data kinds, peak memory) against
+    ``args.url``; the results by sweep."""
     from ..config import parse_url
 
     url = args.url
@@ -264,6 +274,7 @@ def run(args) -> dict[str, Any]:
 
 # -- output ---------------------------------------------------------------------------------
 def print_tables(results: dict[str, Any]) -> None:
+    """Print the results of ``run`` as text tables."""
     print(f"{'chunk':>8} {'conns':>5} | {'write':>7} {'raw SET':>7} {'ratio':>6} | "
           f"{'read':>7} {'raw GET':>7} {'ratio':>6}   (GiB/s, float64, medians)")
     for r in results["chunk_sweep"]:
@@ -287,6 +298,7 @@ def print_tables(results: dict[str, Any]) -> None:
 
 
 def plot(results: dict[str, Any], path: str, title: str) -> None:
+    """Plot the chunk sweep and the by-kind results to a PNG at ``path`` (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -348,6 +360,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; exits with a usage error on an unknown data kind."""
     p = argparse.ArgumentParser(prog="ray-valkey-spill bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="Valkey server (default: start an embedded valkey-server)")
@@ -378,6 +391,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (on an embedded server without ``--url``); exit code 1 if a peak-memory
+    round restored different bytes, else 0."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     server = None
     if args.url is None:

@@ -43,6 +43,7 @@ def _p90(values: list[float]) -> float:
 
 
 def git_commit() -> str:
+    """The git commit of this checkout, ``-dirty`` if it has changes; "unknown" outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
@@ -66,12 +67,15 @@ def timed_each(fn: Callable[[int, int], object], spans) -> list[float]:
 
 
 def batches(n: int, size: int):
+    """``(start, end)`` index spans covering ``range(n)`` in steps of ``size``."""
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 # --- embedding workloads: each returns (put seconds per batch, get seconds per batch) ------
 
 def emb_raw(client, texts, vectors, batch, ttl):
+    """The embedding floor: pipelined SET EX and one MGET of raw float32 bytes, no cache
+    logic."""
     import hashlib
 
     run = uuid.uuid4().hex[:6]
@@ -96,6 +100,7 @@ def emb_raw(client, texts, vectors, batch, ttl):
 
 
 def emb_ours(client, texts, vectors, batch, ttl):
+    """Embeddings through ``EmbeddingCache.put_many`` / ``get_many``."""
     from ..caches import EmbeddingCache
 
     cache = EmbeddingCache(client, f"bench-{uuid.uuid4().hex[:6]}", ttl_seconds=ttl)
@@ -113,6 +118,8 @@ def emb_ours(client, texts, vectors, batch, ttl):
 
 
 def emb_redisvl(url, texts, vectors, batch, ttl):
+    """Embeddings through RedisVL's ``EmbeddingsCache`` (redis-py client, same server); its
+    keys are removed afterwards."""
     import redis
     from redisvl.extensions.cache.embeddings import EmbeddingsCache
 
@@ -138,6 +145,7 @@ def emb_redisvl(url, texts, vectors, batch, ttl):
 
 
 def emb_json(client, texts, vectors, batch, ttl):
+    """A naive embedding cache: one SET EX of JSON and one GET + ``json.loads`` per vector."""
     import hashlib
 
     run = uuid.uuid4().hex[:6]
@@ -198,6 +206,8 @@ def kv_raw(client, blocks, ttl):
 
 
 def kv_ours(client, blocks, ttl):
+    """KV blocks through ``KVCache.put`` / ``get``, one request per sequence; also times
+    ``lookup`` (put, get and lookup seconds per request)."""
     from ..caches import KVCache
 
     kv = KVCache(client, f"bench-{uuid.uuid4().hex[:6]}", ttl_seconds=ttl)
@@ -220,6 +230,8 @@ def kv_ours(client, blocks, ttl):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run every cache workload ``--runs`` times, interleaved, print the table and write the
+    JSON report to ``--out``; 0 on success."""
     p = argparse.ArgumentParser(prog="ray-valkey-spill bench-caches", description=__doc__.split("\n")[0])
     p.add_argument("--url", help="server to use (default: start a private embedded server)")
     p.add_argument("--runs", type=int, default=3)

@@ -54,6 +54,7 @@ SERVER_ROWS = [("set_gibps", "server SET 1 MiB GiB/s"), ("get_gibps", "server GE
 
 
 def ray_run(url: str, args) -> dict:
+    """The stress workload (``workload.run_once``) through a fresh local Ray; its figures."""
     from .workload import add_workload_options, run_once
 
     argv = ["--total-gib", str(args.total_gib), "--object-mib", str(args.object_mib),
@@ -68,6 +69,8 @@ def ray_run(url: str, args) -> dict:
 
 
 def backend_run(url: str, args) -> dict:
+    """One large object spilled and restored through ``SpillHarness`` (no Ray); write/read
+    GiB/s and any byte mismatch as an error."""
     from ..testing.harness import SpillHarness
 
     data = np.random.default_rng(int(time.time())).integers(
@@ -93,6 +96,8 @@ def backend_run(url: str, args) -> dict:
 
 
 def server_run(port: int, shards: int, args) -> dict:
+    """``redis-benchmark`` SET/GET of 1 MiB values against the cluster at ``port``; GiB/s, and
+    errors (also when it is not installed)."""
     exe = shutil.which("redis-benchmark")
     if exe is None:
         return {"errors": ["redis-benchmark not installed"]}
@@ -140,6 +145,7 @@ def _median(runs: list[dict], name: str):
 
 
 def parse_args(argv):
+    """Parse the command line."""
     p = argparse.ArgumentParser(prog="ray-valkey-spill bench-shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", default="1,3", help="comma-separated primaries per cluster")
@@ -159,6 +165,8 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    """Start one cluster per shard count, run every layer ``--repeat`` times alternating, print
+    the medians; 1 if any run reported an error, else 0."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     shard_counts = [int(s) for s in args.shards.split(",")]
     from ..testing.embedded_cluster import EmbeddedValkeyCluster

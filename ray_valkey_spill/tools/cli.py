@@ -59,6 +59,8 @@ def _delegate(module_name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``ray-valkey-spill`` subcommand in ``argv``; its exit code (``EXIT_USAGE`` for an
+    error of this package)."""
     parser = argparse.ArgumentParser(prog="ray-valkey-spill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("config", help="print an object_spilling_config JSON for a URL")

@@ -61,6 +61,8 @@ _SUBCOMMANDS = {"SCRIPT", "FUNCTION", "CONFIG", "MODULE", "ACL", "CLIENT", "DEBU
 
 @dataclass
 class Check:
+    """One row of the report: the check's name, its status, what was found and what to do."""
+
     check: str
     status: str
     detail: str
@@ -89,6 +91,9 @@ def _is_noperm(exc: BaseException) -> bool:
 
 
 class Doctor:
+    """Runs the checks against one server, as the spill user, and collects a ``Check`` per
+    finding."""
+
     def __init__(self, config: SpillConfig, pings: int = DEFAULT_PINGS,
                  admin: SpillConfig | None = None, check_users: tuple[str, ...] = ()):
         """``admin``: credentials to read the server's settings with when the spill user may
@@ -105,6 +110,7 @@ class Doctor:
         self._scope = ""  # which cluster nodes the settings checks being added are about
 
     def add(self, check: str, status: str, detail: str, action: str = "") -> None:
+        """Record a finding (prefixed with the cluster nodes it is about, if any)."""
         if self._scope:
             detail = f"{self._scope}: {detail}"
         self.checks.append(Check(check, status, detail, action))
@@ -125,6 +131,8 @@ class Doctor:
         return valkey.Valkey(**kwargs)
 
     def run(self) -> list[Check]:
+        """Run every check; the findings, in order. Stops after the reachability check if the
+        server cannot be reached."""
         self.check_transport()
         if not self.check_reachable():
             return self.checks
@@ -154,6 +162,7 @@ class Doctor:
         return self.checks
 
     def check_transport(self) -> None:
+        """Check TLS: certificate and hostname verification, or plaintext only to a local server."""
         a, c = self.config.address, self.config
         where = a.display()
         if a.tls:
@@ -177,6 +186,7 @@ class Doctor:
                      "ssl_ca_certs")
 
     def check_reachable(self) -> bool:
+        """Connect and PING as the spill user; whether the server answered."""
         import valkey
 
         where = self.config.address.display()
@@ -208,6 +218,8 @@ class Doctor:
         return True
 
     def check_version(self) -> None:
+        """Check the server version (at least MIN_VERSION) and that a cluster server has a cluster
+        URL."""
         version, mode = None, None
         try:
             hello = self.client.execute_command("HELLO")
@@ -242,6 +254,7 @@ class Doctor:
             self.add("version", OK, detail)
 
     def check_latency(self) -> None:
+        """Time ``pings`` PINGs; warn when the median round trip exceeds 5 ms."""
         samples = []
         try:
             for _ in range(self.pings):
@@ -322,6 +335,8 @@ class Doctor:
         return None
 
     def check_memory(self, s: dict) -> None:
+        """Check that the eviction policy cannot evict spilled objects (no ``allkeys-*``) and that
+        maxmemory is set."""
         why = self._unreadable(s["maxmemory-policy"]) or self._unreadable(s["maxmemory"])
         if why:
             self.add("maxmemory", WARN, f"cannot read maxmemory / maxmemory-policy ({why})",
@@ -346,6 +361,7 @@ class Doctor:
             self.add("maxmemory", OK, limit)
 
     def check_persistence(self, s: dict) -> None:
+        """Report whether spilled objects survive a server restart (AOF, RDB or nothing)."""
         why = self._unreadable(s["appendonly"]) or self._unreadable(s["save"])
         if why:
             self.add("persistence", WARN, f"cannot read appendonly / save ({why})",
@@ -370,6 +386,7 @@ class Doctor:
                      "CONFIG SET appendonly yes if spilled objects must survive a server restart")
 
     def check_bulk_len(self, s: dict) -> None:
+        """Check that ``chunk_size_bytes`` is below the server's ``proto-max-bulk-len``."""
         chunk = self.config.chunk_size_bytes
         why = self._unreadable(s["proto-max-bulk-len"])
         if why:
@@ -387,6 +404,7 @@ class Doctor:
             self.add("proto-max-bulk-len", OK, detail)
 
     def check_auth(self) -> None:
+        """Warn when the connection uses neither a user nor a password."""
         if self.config.user is None and self.config.resolve_password() is None:
             self.add("authentication", WARN, "connected without a user or password: anyone who "
                      "can reach the port can read and delete spilled objects",
@@ -416,6 +434,8 @@ class Doctor:
             raise
 
     def check_acl(self) -> None:
+        """Check the spill user's permissions: what spilling needs on its prefix, what is optional,
+        and that the other tenants' prefixes are out of its reach."""
         user = self.config.user or "default"
         token = secrets.token_hex(6)
         own = f"{self.config.prefix}__doctor__:{token}:probe"
@@ -558,6 +578,7 @@ class Doctor:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ray-valkey-spill doctor``."""
     p = argparse.ArgumentParser(prog="ray-valkey-spill doctor",
                                 description="Check a Valkey server before Ray spills to it.")
     add_connection_options(p, prefix_help="spill key prefix (default: ray:)")
@@ -589,11 +610,14 @@ def _config(args) -> SpillConfig:
 
 
 def render(checks: list[Check]) -> str:
+    """The findings as a text table."""
     return render_table([[c.check, c.status, c.detail, c.action] for c in checks],
                         ["check", "status", "detail", "what to do"])
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the doctor and print its report; ``EXIT_FINDINGS`` if any check is an ERROR,
+    ``EXIT_USAGE`` for a bad argument."""
     args = build_parser().parse_args(argv)
     try:
         config = _config(args)

@@ -95,6 +95,9 @@ DELETE = "delete"
 
 @dataclass
 class SessionInfo:
+    """What the survey found of one session: its keys, nodes, heartbeats, key idle times,
+    sampled sizes and orphan chunks, and the verdict."""
+
     name: str
     keys: int = 0
     nodes: set = field(default_factory=set)
@@ -109,6 +112,7 @@ class SessionInfo:
     orphans_deleted: int = 0
 
     def note_idle(self, idle) -> None:
+        """Fold in one key's idle time in seconds (None: the server could not tell)."""
         if idle is None:
             self.idle_unknown = True
         elif self.min_idle_s is None or idle < self.min_idle_s:
@@ -116,16 +120,20 @@ class SessionInfo:
 
     @property
     def last_beat(self) -> float | None:
+        """Unix time of the session's newest readable heartbeat, or None."""
         beats = [t for t in self.heartbeats.values() if t is not None]
         return max(beats) if beats else None
 
     @property
     def est_bytes(self) -> int:
+        """Estimated bytes of the session's keys, extrapolated from the MEMORY USAGE samples."""
         if not self.sampled_keys:
             return 0
         return round(self.sampled_bytes / self.sampled_keys * self.keys)
 
     def judge(self, now: float, grace_s: float) -> str:
+        """The verdict at unix time ``now``: keep while a heartbeat or a key use is younger than
+        ``grace_s``, or while a session without heartbeats cannot tell its keys' age; else delete."""
         last = self.last_beat
         if last is not None and now - last < grace_s:
             return KEEP_LIVE
@@ -339,6 +347,7 @@ def _size(n: int) -> str:
 
 
 def report(sessions: dict, now: float) -> list[dict]:
+    """One row per session, sorted by name, as printed and written to JSON."""
     out = []
     for name in sorted(sessions):
         info = sessions[name]
@@ -355,6 +364,7 @@ def report(sessions: dict, now: float) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ray-valkey-spill gc``."""
     p = argparse.ArgumentParser(
         prog="ray-valkey-spill gc",
         description="Find (and with --yes remove) spilled keys whose Ray session is gone. "
@@ -385,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Check the arguments and run gc; 0 on success, ``EXIT_USAGE`` for a bad argument or server."""
     args = build_parser().parse_args(argv)
     try:
         if not (args.grace_s >= 0 and args.grace_s == args.grace_s and args.grace_s < float("inf")):
@@ -405,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: SpillConfig, args) -> int:
+    """Survey the prefix, judge every session, delete the gone ones with ``--yes`` and print the
+    report; raises ``BackendUnavailableError`` when the server fails."""
     import valkey
 
     from ..connection import connect

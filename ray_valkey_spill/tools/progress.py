@@ -21,6 +21,7 @@ class Progress:
         self._last_pct = -1
 
     def update(self, n: int) -> None:
+        """Count ``n`` more units done and redraw when due."""
         self.done += n
         now = time.perf_counter()
         if not self.enabled:
@@ -47,5 +48,6 @@ class Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
+        """Draw the final state and end the line."""
         if self.enabled and (self.tty or self._last_pct < 100):
             self._draw(time.perf_counter(), end="\n")

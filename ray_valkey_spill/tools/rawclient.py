@@ -32,6 +32,7 @@ class RawClient:
         return sock
 
     def close(self) -> None:
+        """Close every connection."""
         for r in self.readers:
             r.close()
         for s in self.socks:
@@ -67,6 +68,8 @@ class RawClient:
 
     def set_all(self, prefix: str, buf: memoryview, chunk: int, batch_bytes: int,
                 batch_cmds: int) -> float:
+        """SET ``buf`` as ``chunk``-byte values under ``<prefix><i>``; seconds taken. Raises
+        ``RuntimeError`` if a SET fails."""
         n = -(-len(buf) // chunk)
 
         def work(sock, reader, batch):
@@ -87,6 +90,8 @@ class RawClient:
 
     def get_all(self, prefix: str, target: memoryview, chunk: int, batch_bytes: int,
                 batch_cmds: int) -> float:
+        """GET the keys ``set_all`` wrote straight into ``target``; seconds taken. Raises
+        ``RuntimeError`` on a closed connection or a malformed reply."""
         n = -(-len(target) // chunk)
 
         def work(sock, reader, batch):

@@ -28,6 +28,7 @@ from .cli_options import EXIT_OK, add_connection_options, config_from_args, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ray-valkey-spill stats``."""
     p = argparse.ArgumentParser(prog="ray-valkey-spill stats", description=__doc__.split("\n")[0])
     add_connection_options(p, prefix_help="key prefix of spilled objects (default: ray:)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -152,6 +153,7 @@ def _mib(n: Any) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
+    """The report of ``collect`` as text: a row per prefix, server memory, hit rates, warnings."""
     lines = [f"{'prefix':<12} {'keys':>10} {'MiB':>10} {'no TTL':>8} {'with TTL':>9}"]
     for name, row in report["prefixes"].items():
         lines.append(f"{name:<12} {row['keys']:>10,} {_mib(row['bytes']):>10} "

@@ -59,6 +59,8 @@ def _median(results: list[RunResult], name: str) -> float | None:
 
 
 def summarize(runs: dict[str, list[RunResult]]) -> dict[str, Any]:
+    """Medians of every figure per backend, each run's figures and errors, and with two
+    backends the median per-run ratio valkey/baseline."""
     out: dict[str, Any] = {}
     for backend, results in runs.items():
         out[backend] = {name: _median(results, name) for name, *_ in ROWS}
@@ -79,6 +81,7 @@ def summarize(runs: dict[str, list[RunResult]]) -> dict[str, Any]:
 
 
 def print_table(summary: dict[str, Any], backends: list[str], repeat: int) -> None:
+    """Print the summary as a table, one column per backend (rows without figures left out)."""
     ratios = summary.get("ratios_valkey_over_baseline", {})
     head = f"{'median of ' + str(repeat) + ' run(s)':<32}" + "".join(f"{b:>16}" for b in backends)
     if ratios:
@@ -100,6 +103,7 @@ def print_table(summary: dict[str, Any], backends: list[str], repeat: int) -> No
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; exits with a usage error on a non-positive size or count."""
     p = argparse.ArgumentParser(prog="ray-valkey-spill stress", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="Valkey server URL (default: start an embedded valkey-server)")
@@ -116,6 +120,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the stress test (on an embedded server without ``--url``) and print the table; 1 if
+    any run reported a problem (an object lost, corrupted or left behind), else 0."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     backends = ["valkey"] + ([args.baseline] if args.baseline else [])
     server = None

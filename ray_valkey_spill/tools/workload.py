@@ -103,6 +103,8 @@ def _is_ref(value: Any) -> bool:
 
 
 def nbytes_of(value: Any) -> int:
+    """Bytes of array and bytes data in ``value``, through dicts, lists and tuples (other values
+    count 0)."""
     if isinstance(value, np.ndarray):
         return value.nbytes
     if isinstance(value, (bytes, bytearray)):
@@ -240,6 +242,7 @@ class ValkeyProbe:
         self._thread.start()
 
     def used_memory(self) -> int:
+        """The server's ``used_memory`` in bytes (summed over the primaries of a cluster)."""
         if not self._cluster:
             return int(self.client.info("memory")["used_memory"])
         from valkey.cluster import ValkeyCluster
@@ -262,6 +265,7 @@ class ValkeyProbe:
                 if not K.is_heartbeat_key(k)]
 
     def stored_bytes(self) -> tuple[int, int]:
+        """(number of spill keys, their total value bytes)."""
         keys = self.keys()
         pipe = self.client.pipeline(transaction=False)
         for k in keys:
@@ -269,28 +273,35 @@ class ValkeyProbe:
         return len(keys), sum(pipe.execute()) if keys else 0
 
     def manifest_count(self) -> int:
+        """Number of manifests under the prefix: objects completely spilled."""
         return sum(1 for k in self.keys() if K.is_manifest_key(k))
 
     def stop(self) -> None:
+        """Stop the memory sampler and take a last sample."""
         self._stop.set()
         self._thread.join(timeout=2)
         self.peak_used = max(self.peak_used, self.used_memory())
 
     def close(self) -> None:
+        """Close the client."""
         self.client.close()
 
 
 class DirProbe:
+    """Watches the spill directory of Ray's filesystem spilling."""
+
     def __init__(self, path: str):
         self.path = path
 
     def files(self) -> list[str]:
+        """Paths of every file under the directory."""
         out = []
         for root, _, names in os.walk(self.path):
             out.extend(os.path.join(root, n) for n in names)
         return out
 
     def stored_bytes(self) -> tuple[int, int]:
+        """(number of files, their total bytes); a file removed meanwhile counts 0 bytes."""
         files = self.files()
         total = 0
         for f in files:
@@ -320,6 +331,8 @@ def raylet_stats() -> dict | None:
 # -- one run --------------------------------------------------------------------------------
 @dataclass
 class RunResult:
+    """The figures and errors of one run on one backend."""
+
     backend: str
     figures: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -332,6 +345,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
+    """Start a local Ray spilling to ``backend`` (Valkey at ``url``, or the filesystem), push
+    ``args.total_gib`` through it, read everything back and check it; the figures and errors."""
     import ray
 
     from ..config import spilling_config
@@ -543,6 +558,8 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
 
 
 def environment(url: str | None) -> dict[str, Any]:
+    """Versions, machine and commit, for a results file (the server version when ``url`` is
+    given)."""
     import ray
 
     from .. import __version__
@@ -572,6 +589,8 @@ def environment(url: str | None) -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
+    """The git commit of this checkout, ``-dirty`` if tracked code changed (docs excluded); None
+    outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
