@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from .errors import BackendUnavailableError, ConfigError
+from .errors import BackendUnavailableError, ConfigError, ServerReplyError
 from .keyspace import SCAN_COUNT
 from .prefixes import CACHE_PREFIXES, SPILL_PREFIX
 
@@ -52,8 +52,17 @@ def _check_prefixes(prefixes: Sequence[str], protected: Sequence[str]) -> tuple[
     return tuple(prefixes)
 
 
-def _sample(client: Any, keys: list[bytes]) -> list[tuple[int, int, int, bytes]]:
-    """(idle seconds or -1, ttl ms, bytes, key) of every key that has a TTL."""
+def _is_noperm(reply: Any) -> bool:
+    import valkey
+
+    return isinstance(reply, valkey.exceptions.NoPermissionError) or (
+        isinstance(reply, Exception) and "NOPERM" in str(reply))
+
+
+def _sample(client: Any, keys: list[bytes],
+            denied: list[bytes]) -> list[tuple[int, int, int, bytes]]:
+    """(idle seconds or -1, ttl ms, bytes, key) of every key that has a TTL; keys the ACL user
+    may not read go to ``denied``."""
     import valkey
 
     pipe = client.pipeline(transaction=False)
@@ -65,6 +74,9 @@ def _sample(client: Any, keys: list[bytes]) -> list[tuple[int, int, int, bytes]]
     out = []
     for i, key in enumerate(keys):
         idle, ttl_ms, size = replies[3 * i:3 * i + 3]
+        if _is_noperm(ttl_ms):
+            denied.append(key)
+            continue
         if isinstance(ttl_ms, Exception) or ttl_ms is None or ttl_ms < 0:
             continue  # -1: no TTL (not a cache entry), -2: already gone
         if isinstance(idle, valkey.exceptions.ResponseError) or idle is None:
@@ -122,6 +134,8 @@ def shed_cache_entries(client: Any, bytes_needed: int,
     Raises:
         ConfigError: bytes_needed is negative, or a prefix overlaps a protected prefix.
         BackendUnavailableError: the server cannot be reached.
+        ServerReplyError: nothing was freed because the ACL user may not touch the cache keys
+            it found (NOPERM); the message names the prefixes.
     """
     import valkey
 
@@ -134,6 +148,7 @@ def shed_cache_entries(client: Any, bytes_needed: int,
         raise ConfigError("max_sample_keys", max_sample_keys, "a positive integer")
     prefixes = _check_prefixes(prefixes, protected_prefixes)
     freed = 0
+    denied: list[bytes] = []
     try:
         target = 2 * bytes_needed + slack_bytes if bytes_needed else 0
         if include_overage:
@@ -159,7 +174,7 @@ def shed_cache_entries(client: Any, bytes_needed: int,
                     del scans[prefix]
             sampled: list[tuple[int, int, int, bytes]] = []
             for start in range(0, len(batch), _PIPELINE_KEYS):
-                sampled += _sample(client, batch[start:start + _PIPELINE_KEYS])
+                sampled += _sample(client, batch[start:start + _PIPELINE_KEYS], denied)
             # Longest idle first; without an LRU clock (idle == -1), soonest expiry first.
             sampled.sort(key=lambda s: (-s[0], s[1]))
             start = 0
@@ -173,6 +188,15 @@ def shed_cache_entries(client: Any, bytes_needed: int,
                 freed += _unlink(client, group)
     except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError) as exc:
         raise BackendUnavailableError(f"shedding cache entries: {exc}") from exc
+    if not freed and denied:
+        where = sorted({p for p in prefixes for k in denied
+                        if (k if isinstance(k, bytes) else k.encode()).startswith(p.encode())})
+        raise ServerReplyError(
+            f"shedding found {len(denied)} cache keys under {', '.join(where)} but this ACL user "
+            "may not read or remove them (NOPERM). Under a volatile-* policy the server evicts "
+            "cache entries itself before it refuses a write; shedding only helps a noeviction "
+            "server, with a user allowed PTTL, OBJECT, MEMORY USAGE and UNLINK on the cache "
+            "prefixes")
     logger.info("shed cache entries: %d bytes freed for a %d-byte write", freed, bytes_needed)
     return freed
 

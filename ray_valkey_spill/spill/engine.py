@@ -32,7 +32,7 @@ from valkey.exceptions import OutOfMemoryError
 from ..config import SpillConfig
 from ..connection import connect
 from ..errors import (BackendUnavailableError, CorruptObjectError, ObjectMissingError,
-                      RayValkeySpillError, SpillError)
+                      RayValkeySpillError, ServerReplyError, SpillError)
 from ..keyspace import unlink_keys, unlink_matching
 from ..metrics import spill_metrics
 from ..server_checks import check_server
@@ -254,8 +254,13 @@ class SpillEngine:
                 self._transport.set_batch(batch)
             except OutOfMemoryError as oom:
                 nbytes = sum(len(v) for _, v in batch)
-                freed = shed_cache_entries(self.client, max(nbytes, SHED_MIN_BYTES),
-                                           protected_prefixes=(self.config.prefix,))
+                try:
+                    freed = shed_cache_entries(self.client, max(nbytes, SHED_MIN_BYTES),
+                                               protected_prefixes=(self.config.prefix,))
+                except ServerReplyError as denied:
+                    raise SpillError(f"{self.config.address.display()} is out of memory; "
+                                     f"{denied}. Raise maxmemory or add shards (the objects "
+                                     "stay in memory and are retried)") from oom
                 logger.warning("%s is full: shed %d bytes of cache entries to store %d bytes "
                                "of spilled data", self.config.address.display(), freed, nbytes)
                 if not freed:

@@ -110,3 +110,22 @@ def test_shedding_samples_every_cache_prefix_each_round():
                                    max_sample_keys=1000)
         assert freed >= kv_bytes and kv.lookup(tokens) == 0
         assert client.dbsize() >= 5000
+
+
+def test_shedding_as_a_user_denied_the_cache_keys_says_so():
+    """A least-privilege spill user may not touch cache keys: shedding frees nothing and says
+    which prefixes it was denied, instead of claiming the server holds no cache entries."""
+    from ray_valkey_spill.errors import ServerReplyError
+
+    with EmbeddedValkey(config={"maxmemory": "64mb"}) as server:
+        admin = server.client()
+        for i in range(20):
+            admin.set(f"emb:k{i}", b"v" * 1000, ex=600)
+        admin.execute_command("ACL", "SETUSER", "spilly", "on", ">pw-for-test", "~ray:*",
+                              "+@all")
+        user = valkey.Valkey(host=server.host, port=server.port, username="spilly",
+                             password="pw-for-test")
+        with pytest.raises(ServerReplyError, match=r"20 cache keys under emb:.*NOPERM"):
+            shed_cache_entries(user, 1 * MiB, include_overage=False)
+        assert admin.dbsize() == 20  # nothing removed
+        user.close()
