@@ -118,3 +118,16 @@ def test_alert_fires_only_on_the_bad_case(rules_file, tmp_path, alert, series, a
     result = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheusrule_has_the_operator_shape():
+    """The Prometheus Operator's PrometheusRule: what promtool checks sits under spec.groups."""
+    rule = one(load_docs(RULE_FILE), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and set(rule) == {
+        "apiVersion", "kind", "metadata", "spec"}
+    assert set(rule["spec"]) == {"groups"} and rule["metadata"]["labels"]["release"]
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"}
+        for r in group["rules"]:
+            assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r["alert"]
+            assert r["labels"]["severity"] in ("warning", "critical")
