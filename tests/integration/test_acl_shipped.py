@@ -242,6 +242,15 @@ def test_platform_user_reads_everything_and_writes_nothing(server, passwords):
     assert client.get("emb:platform:k") == b"cached" and client.pttl("emb:platform:k") > 0
     assert client.memory_usage("emb:platform:k") > 0 and "used_memory" in client.info()
     assert b"emb:platform:k" in client.scan(0, match="emb:platform:*", count=1000)[1]
+    # `ray-valkey-spill stats` needs no admin: the platform user runs all of it.
+    from ray_valkey_spill.stats import collect
+
+    report = collect(client)
+    assert report["dbsize"] >= 1 and report["scanned_keys"] >= 1
+    with pytest.raises(valkey.exceptions.NoPermissionError):
+        client.set("emb:platform:k", b"overwritten")
+    assert admin.get("emb:platform:k") == b"cached"
+    admin.unlink("emb:platform:k")
 
 
 def test_one_clusters_spill_user_cannot_touch_anothers_keys(server, passwords):
