@@ -36,6 +36,6 @@ if [ "${1:-}" = "--run-tests" ]; then
         tests/unit/test_network_policies.py tests/unit/test_prometheus_rules.py \
         tests/unit/test_sizing.py tests/unit/test_ray_image.py tests/unit/test_security_docs.py \
         tests/integration/test_acl.py tests/integration/test_acl_shipped.py \
-        tests/integration/test_serve_app.py
+        tests/integration/test_serve_app.py tests/system/test_serve_app_http.py
 fi
 echo "ci/deploy: done in $(( $(date +%s) - start )) s"

@@ -341,3 +341,16 @@ def test_standalone_layout_renders_replication_off(tmp_path, passwords):
         assert srv.client(username="rayspill", password=passwords["rayspill"]).ping()
     finally:
         srv.stop()
+
+
+def test_config_get_cannot_be_granted_per_parameter(server, passwords):
+    """Why metrics gets no CONFIG at all: Valkey refuses a rule for CONFIG GET of one
+    parameter, so granting config|get would also grant masterauth and requirepass. A first
+    argument rule for a command without subcommands (INFO memory) is accepted."""
+    admin = _as(server, passwords, "admin")
+    with pytest.raises(valkey.exceptions.ResponseError, match="first-arg of a subcommand"):
+        admin.execute_command("ACL", "SETUSER", "probe-config", "+config|get|maxmemory")
+    try:
+        assert admin.execute_command("ACL", "SETUSER", "probe-config", "+info|memory") == b"OK"
+    finally:
+        admin.execute_command("ACL", "DELUSER", "probe-config")
