@@ -35,8 +35,9 @@
 # WHAT TO CHANGE (environment variables, defaults below)
 #   VALKEY_URL   valkey://host:6379/0, valkeys://... (TLS), valkey+cluster://host:6379 (cluster).
 #                Never with a password in it (the package refuses that).
-#   VALKEY_USER  the ACL user (rayspill: keys ray:*). When several Ray clusters share the Valkey,
-#                give each its own user and prefix (base/valkey-users.acl), e.g.
+#   VALKEY_USER  the ACL user (rayspill: keys ray:*, for a Valkey that only this cluster uses).
+#                On a shared Valkey (the Kubernetes overlays render rayspill off) each Ray
+#                cluster has its own user and prefix (base/valkey-users.acl), e.g.
 #                VALKEY_USER=raysp-batch SPILL_OPTIONS="prefix=ray:batch:", and gc --prefix ray:batch:.
 #   OBJECT_STORE_BYTES  object store size per node (default 10 GiB).
 #   SPILL_OPTIONS  extra name=value spilling options, e.g. "chunk_size_bytes=4194304 connections=4".

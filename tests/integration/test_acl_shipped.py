@@ -329,16 +329,18 @@ def test_replica_replicates_as_user_replication(server, passwords, tmp_path):
         admin.unlink("session:replicated")
 
 
-def test_standalone_layout_renders_replication_off(tmp_path, passwords):
-    """No replicas in the standalone layout: nobody can log in as the PSYNC user there."""
+def test_standalone_layout_renders_replication_and_rayspill_off(tmp_path, passwords):
+    """No replicas in the standalone layout, and one user per Ray cluster: nobody can log in
+    as the PSYNC user or as rayspill (ray:*, every cluster's objects) there."""
     aclfile = tmp_path / "users.acl"
-    _render({u: p for u, p in passwords.items() if u != "replication"}, aclfile,
-            off_users="replication")
+    off = ["replication", "rayspill"]
+    _render({u: p for u, p in passwords.items() if u not in off}, aclfile, off_users=" ".join(off))
     srv = _shipped_server(tmp_path, aclfile)
     try:
-        with pytest.raises(valkey.exceptions.AuthenticationError):
-            srv.client(username="replication", password=passwords["replication"]).ping()
-        assert srv.client(username="rayspill", password=passwords["rayspill"]).ping()
+        for user in off:
+            with pytest.raises(valkey.exceptions.AuthenticationError):
+                srv.client(username=user, password=passwords[user]).ping()
+        assert srv.client(username="raysp-embed", password=passwords["raysp-embed"]).ping()
     finally:
         srv.stop()
 

@@ -625,19 +625,24 @@ def test_render_acl_refuses_missing_or_placeholder_passwords(tmp_path):
 
 
 def test_render_acl_turns_off_users_a_layout_does_not_need(tmp_path):
-    """The standalone layout has no replicas: its init container renders replication "off",
-    which needs no password and admits nobody."""
+    """Both layouts render rayspill (ray:*, every Ray cluster's objects) "off"; the standalone
+    layout, which has no replicas, also replication. An off user needs no password and admits
+    nobody."""
     users = [u for u in acl_rules(ACL_FILE.read_text(encoding="utf-8")) if u != "default"]
-    passwords = {u: f"pw-{u}-0123456789" for u in users if u != "replication"}
-    out = tmp_path / "users.acl"
-    result = render_acl(RENDER_SCRIPT, ACL_FILE, out, passwords, off_users="replication")
-    assert result.returncode == 0, result.stderr
-    rendered = acl_rules(out.read_text())
+    off = {STANDALONE: ["replication", "rayspill"], CLUSTER: ["rayspill"]}
     template = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
-    assert rendered["replication"] == ["off"] + template["replication"][1:]
-    assert rendered["rayspill"][:-1] == template["rayspill"]
-    sts = one(load_docs(STANDALONE), "StatefulSet")
-    (init,) = sts["spec"]["template"]["spec"]["initContainers"]
-    assert {"name": "VALKEY_ACL_OFF_USERS", "value": "replication"} in init["env"]
-    cluster = one(load_docs(CLUSTER), "StatefulSet")
-    assert "VALKEY_ACL_OFF_USERS" not in json.dumps(cluster), "replicas need the user"
+    for manifest, off_users in off.items():
+        sts = one(load_docs(manifest), "StatefulSet")
+        (init,) = sts["spec"]["template"]["spec"]["initContainers"]
+        (value,) = [e["value"] for e in init["env"] if e["name"] == "VALKEY_ACL_OFF_USERS"]
+        assert value.split() == off_users, manifest
+        passwords = {u: f"pw-{u}-0123456789" for u in users if u not in off_users}
+        out = tmp_path / "users.acl"
+        result = render_acl(RENDER_SCRIPT, ACL_FILE, out, passwords, off_users=value)
+        assert result.returncode == 0, result.stderr
+        rendered = acl_rules(out.read_text())
+        for user in users:
+            if user in off_users:
+                assert rendered[user] == ["off"] + template[user][1:], user
+            else:
+                assert rendered[user][:-1] == template[user] and rendered[user][0] == "on"
