@@ -16,7 +16,7 @@
 #   pip install "ray-valkey-spill==0.1.0"  (pulls ray 2.60.x) into the SAME Python that runs
 #   `ray`: its .pth hook registers the "valkey" spill type in every Ray process, IO workers
 #   included. runtime_env pip does NOT reach IO workers. The Valkey server runs
-#   maxmemory-policy volatile-lru and has ACL user rayspill (see valkey.yaml, valkey-users.acl).
+#   maxmemory-policy volatile-lru and has the ACL user (see base/valkey-users.acl, docs/security.md).
 #
 # HOW TO USE
 #   Put the password in the environment without typing it on a command line, e.g. a root-only
@@ -25,7 +25,7 @@
 #   then
 #     ./ray-start-vm.sh head                         # on the head VM
 #     ./ray-start-vm.sh worker 10.0.0.10:6379        # on each worker VM
-#   DRY_RUN=1 prints the commands instead of running them (used by tests/test_cluster_configs.py).
+#   DRY_RUN=1 prints the commands instead of running them (used by tests/unit/test_cluster_configs.py).
 #   Cleanup: Ray removes spilled keys on ray.shutdown() only, so a crashed or stopped cluster
 #   leaves them. Run gc from cron on one host, naming the running cluster so that its session
 #   is always kept (this cluster has no driver heartbeat; see README, "ray-valkey-spill gc"):
@@ -35,7 +35,10 @@
 # WHAT TO CHANGE (environment variables, defaults below)
 #   VALKEY_URL   valkey://host:6379/0, valkeys://... (TLS), valkey+cluster://host:6379 (cluster).
 #                Never with a password in it (the package refuses that).
-#   VALKEY_USER  the ACL user (rayspill).
+#   VALKEY_USER  the ACL user (rayspill: keys ray:*, for a Valkey that only this cluster uses).
+#                On a shared Valkey (the Kubernetes overlays render rayspill off) each Ray
+#                cluster has its own user and prefix (base/valkey-users.acl), e.g.
+#                VALKEY_USER=raysp-batch SPILL_OPTIONS="prefix=ray:batch:", and gc --prefix ray:batch:.
 #   OBJECT_STORE_BYTES  object store size per node (default 10 GiB).
 #   SPILL_OPTIONS  extra name=value spilling options, e.g. "chunk_size_bytes=4194304 connections=4".
 #   PYTHON       the Python that has ray and ray-valkey-spill (default python3).

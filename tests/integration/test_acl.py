@@ -1,13 +1,14 @@
-"""Least-privilege ACL users of cluster_configs/valkey-users.acl, against REAL valkey-servers.
+"""Least-privilege ACL users of cluster_configs/base/valkey-users.acl, against REAL valkey-servers.
 
 The ACL template is rendered with the very script the Kubernetes init containers run
-(render-acl.sh from valkey.yaml), with random test passwords. Then:
+(base/render-acl.sh), with random test passwords. Then:
 - the rendered file and the manifests' valkey.conf (standalone and cluster) boot a dedicated
   server, as in the pods;
 - the same rules are applied with ACL SETUSER to the session's shared test server, where the
   spill user spills and restores through the real backend code, and every user is shown to be
   confined to its own key prefix. The users are deleted again at the end.
 Passwords travel through environment variables named by ``password_env``, never in URLs.
+Every forbidden command sent as every user is in test_acl_shipped.py.
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ from ray_valkey_spill.server_checks import check_server
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "cluster_configs"
-ACL_FILE = CONFIGS / "valkey-users.acl"
+ACL_FILE = CONFIGS / "base" / "valkey-users.acl"
+RENDER_SCRIPT = CONFIGS / "base" / "render-acl.sh"
+MANIFESTS = {"valkey.yaml": CONFIGS / "overlays" / "standalone" / "valkey.yaml",
+             "valkey-cluster.yaml": CONFIGS / "overlays" / "cluster" / "valkey-cluster.yaml"}
 MiB = 1024 * 1024
 CACHE_USERS = {"emb": "embcache", "vllm_kv": "vllmkv", "session": "session"}
 PW_ENV = "RVS_ACL_TEST_PASSWORD_"
 
 
 def _configmap(manifest: str, name: str) -> dict:
-    with open(CONFIGS / manifest, encoding="utf-8") as f:
+    with open(MANIFESTS[manifest], encoding="utf-8") as f:
         (cm,) = [d for d in yaml.safe_load_all(f)
                  if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
     return cm["data"]
@@ -58,20 +62,19 @@ def passwords() -> dict[str, str]:
     pws = {u: secrets.token_urlsafe(24) for u in _template_users() if u != "default"}
     with pytest.MonkeyPatch.context() as mp:
         for user, pw in pws.items():
-            mp.setenv(PW_ENV + user.upper(), pw)
+            mp.setenv(_env_name(user), pw)
         yield pws
 
 
 @pytest.fixture(scope="module")
 def rendered_acl(tmp_path_factory, passwords) -> Path:
     """valkey-users.acl rendered by the init containers' script, as in the pods."""
-    work = tmp_path_factory.mktemp("acl")
-    script = work / "render-acl.sh"
-    script.write_text(_configmap("valkey.yaml", "valkey-config")["render-acl.sh"])
-    out = work / "users.acl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VALKEY_PASSWORD_")}
-    env.update({f"VALKEY_PASSWORD_{u.upper()}": pw for u, pw in passwords.items()})
-    result = subprocess.run(["sh", str(script), str(ACL_FILE), str(out)], env=env,
+    out = tmp_path_factory.mktemp("acl") / "users.acl"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("VALKEY_PASSWORD_") and k != "VALKEY_ACL_OFF_USERS"}
+    env.update({f"VALKEY_PASSWORD_{u.upper().replace('-', '_')}": pw
+                for u, pw in passwords.items()})
+    result = subprocess.run(["sh", str(RENDER_SCRIPT), str(ACL_FILE), str(out)], env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return out
@@ -100,9 +103,13 @@ def acl_users(valkey_server, rendered_acl):
         assert not left & set(rules), "test users were not removed"
 
 
+def _env_name(user: str) -> str:
+    return PW_ENV + user.upper().replace("-", "_")
+
+
 def _config(url: str, user: str, **options) -> SpillConfig:
     return SpillConfig.from_params(
-        {"url": url, "username": user, "password_env": PW_ENV + user.upper(), **options})
+        {"url": url, "username": user, "password_env": _env_name(user), **options})
 
 
 def _client(url: str, user: str):
@@ -173,12 +180,14 @@ def test_rendered_acl_and_valkey_conf_boot_a_real_server(tmp_path, rendered_acl,
         assert {u.decode() for u in admin.execute_command("ACL", "USERS")} == set(_template_users())
         settings = admin.config_get("*")
         assert settings["maxmemory-policy"] == "volatile-lru"
-        assert int(settings["maxmemory"]) == 3 * 1024**3
+        assert int(settings["maxmemory"]) == 12 * 1024**3
         assert settings["save"] == "" and settings["appendonly"] == "yes"
         assert int(settings["proto-max-bulk-len"]) == 512 * MiB
-        # The spill user passes the backend's checks there, without CONFIG permission.
-        found = check_server(_config(server.url, "rayspill"))
-        assert found["maxmemory_policy"] is None
+        # The spill user passes the backend's checks there, without CONFIG permission, and
+        # may read the policy from INFO memory (granted explicitly).
+        check_server(_config(server.url, "rayspill"))
+        spill = _client(server.url, "rayspill")
+        assert spill.info("memory")["maxmemory_policy"] == "volatile-lru"
         with pytest.raises(valkey.exceptions.AuthenticationError):
             valkey.Valkey(port=server.port, username="rayspill", password="wrong").ping()
         admin.close()
@@ -229,8 +238,10 @@ def test_spill_user_can_use_its_keys(valkey_server, acl_users):
 def test_spill_user_passes_server_checks_without_config_permission(valkey_server, acl_users):
     config = _config(valkey_server.url, "rayspill")
     found = check_server(config)
-    # CONFIG GET is @dangerous: refused, and the backend tolerates that.
-    assert found == {"maxmemory_policy": None, "proto_max_bulk_len": None}
+    # CONFIG GET is @dangerous: refused, and the backend tolerates that; INFO memory is granted.
+    assert found["proto_max_bulk_len"] is None
+    policy = valkey_server.client().config_get("maxmemory-policy")["maxmemory-policy"]
+    assert _client(valkey_server.url, "rayspill").info("memory")["maxmemory_policy"] == policy
     wrong = SpillConfig.from_params({"url": valkey_server.url, "username": "rayspill",
                                      "password_env": "RVS_ACL_TEST_WRONG_PASSWORD"})
     with pytest.MonkeyPatch.context() as mp:
@@ -364,8 +375,9 @@ def test_each_cache_module_works_as_its_own_user(valkey_server, acl_users):
 def test_metrics_user_reads_stats_but_no_keys(valkey_server, acl_users):
     client = _client(valkey_server.url, "metrics")
     assert "used_memory" in client.info("memory")
-    assert "maxmemory-policy" in client.config_get("maxmemory-policy")
+    assert "maxmemory_policy" in client.info("memory")
     for attempt in (lambda: client.get("ray:x"), lambda: client.set("emb:x", b"1"),
+                    lambda: client.config_get("masterauth"),
                     lambda: client.config_set("maxmemory-policy", "allkeys-lru")):
         with pytest.raises(valkey.exceptions.NoPermissionError):
             attempt()

@@ -6,13 +6,14 @@ KubeRay CRD schema in shared/schemas/kuberay/ (beside the clone in CI); ServiceM
 structurally. The spilling config embedded in rayservice.yaml and produced by ray-start-vm.sh is
 parsed with the package's own parser, and the Valkey settings and ACL rules are checked against
 the rules spilling depends on (volatile-* eviction, one ACL user per key prefix, no secrets).
+The kustomize layout, NetworkPolicies, alerts, sizing and the image have test modules of their own.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
-import functools
+import hashlib
 import json
 import os
 import re
@@ -22,192 +23,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+from cluster_configs_lib import (
+    ACL_FILE, CLUSTER, CONFIGS, DOCKERFILE, GC_CRONJOB, K8S_VERSION, NAMESPACE, RAYSERVICE,
+    RENDER_SCRIPT, SECRET_TEMPLATES, STANDALONE, VM_SCRIPT, acl_rules, crd_errors, crd_schema,
+    env_of, k8s_bytes, k8s_validate, key_patterns, leading_comment, load_docs, one,
+    ray_containers, ray_pod_templates, render_acl, valkey_bytes, valkey_parts)
 from ray_valkey_spill.config import option_default, parse_spilling_config, parse_url
 from ray_valkey_spill.errors import ConfigError
 from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "cluster_configs"
-KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
-ACL_FILE = CONFIGS / "valkey-users.acl"
-VM_SCRIPT = CONFIGS / "ray-start-vm.sh"
-
-# One recent Kubernetes version bundled by kubernetes-validate 1.37.x.
-K8S_VERSION = "1.35.0"
 VALKEY_HOST = "valkey.ai-ml.svc.cluster.local"
-NAMESPACE = "ai-ml"
-EXPECTED_FILES = ["rayservice.yaml", "valkey.yaml", "valkey-users.acl", "valkey-cluster.yaml",
-                  "ray-start-vm.sh", "spill-gc-cronjob.yaml"]
-MANIFESTS = ["rayservice.yaml", "valkey.yaml", "valkey-cluster.yaml", "spill-gc-cronjob.yaml"]
-VALKEY_MANIFESTS = ["valkey.yaml", "valkey-cluster.yaml"]
+EXPECTED_FILES = [RAYSERVICE, STANDALONE, "base/valkey-users.acl", "base/render-acl.sh", CLUSTER,
+                  "ray-start-vm.sh", GC_CRONJOB, "ray/Dockerfile",
+                  "secrets-templates/valkey-users.yaml", "secrets-templates/ray-secrets.yaml"]
+WORKLOADS = [RAYSERVICE, STANDALONE, CLUSTER, GC_CRONJOB]
+MANIFESTS = WORKLOADS + ["base/networkpolicies.yaml", "base/prometheusrule.yaml",
+                         "overlays/cluster/networkpolicies.yaml"]
+VALKEY_MANIFESTS = [STANDALONE, CLUSTER]
 # Kinds validated elsewhere (CRDs); anything else must be a core kind kubernetes-validate knows.
 CUSTOM_KINDS = {("ray.io/v1", "RayService"), ("ray.io/v1", "RayCluster"),
-                ("monitoring.coreos.com/v1", "ServiceMonitor")}
+                ("monitoring.coreos.com/v1", "ServiceMonitor"),
+                ("monitoring.coreos.com/v1", "PrometheusRule")}
 SPILL_ENV = "RAY_object_spilling_config"
 DEFAULT_CHUNK = option_default("chunk_size_bytes")
-
-
-# -- helpers --------------------------------------------------------------------------------
-def load_docs(name: str) -> list[dict]:
-    with open(CONFIGS / name, encoding="utf-8") as f:
-        return [d for d in yaml.safe_load_all(f) if d]
-
-
-def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
-
-
-_K8S_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6,
-              "G": 10**9, "T": 10**12}
-
-
-def k8s_bytes(quantity) -> int:
-    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(quantity))
-    assert m, f"unsupported quantity {quantity!r}"
-    return int(m.group(1)) * _K8S_UNITS.get(m.group(2) or "", 1)
-
-
-_VALKEY_UNITS = {"": 1, "k": 10**3, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
-
-
-def valkey_bytes(text: str) -> int:
-    m = re.fullmatch(r"(\d+)(k|kb|m|mb|g|gb)?", text.lower())
-    assert m, f"not a Valkey memory value: {text!r}"
-    return int(m.group(1)) * _VALKEY_UNITS[m.group(2) or ""]
-
-
-def conf_directives(text: str) -> dict[str, list[str]]:
-    """valkey.conf as {directive: args} (last one wins, as in the server)."""
-    out = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            parts = shlex.split(line)
-            out[parts[0].lower()] = parts[1:]
-    return out
-
-
-def acl_rules(text: str) -> dict[str, list[str]]:
-    """{user: rules} of the user lines of an ACL file (comments and blank lines skipped)."""
-    users = {}
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.split()
-        assert parts[0] == "user" and len(parts) >= 3, f"not a user line: {line!r}"
-        assert parts[1] not in users, f"user {parts[1]} defined twice"
-        users[parts[1]] = parts[2:]
-    return users
-
-
-def key_patterns(rules: list[str]) -> list[str]:
-    out = []
-    for rule in rules:
-        if rule == "allkeys":
-            out.append("*")
-        elif rule.startswith("~"):
-            out.append(rule[1:])
-        elif rule.startswith("%") and "~" in rule:
-            out.append(rule.split("~", 1)[1])
-    return out
-
-
-def leading_comment(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if lines and lines[0].startswith("#!"):
-        lines = lines[1:]
-    header = []
-    for line in lines:
-        if not line.startswith("#"):
-            break
-        header.append(line)
-    return header
-
-
-def containers_of(pod_spec: dict) -> list[dict]:
-    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
-
-
-def ray_pod_templates() -> list[tuple[str, dict, dict]]:
-    """(group, rayStartParams, pod template) of the head and of every worker group."""
-    svc = one(load_docs("rayservice.yaml"), "RayService")
-    cluster = svc["spec"]["rayClusterConfig"]
-    head = cluster["headGroupSpec"]
-    groups = [("head", head["rayStartParams"], head["template"])]
-    for group in cluster["workerGroupSpecs"]:
-        groups.append((group["groupName"], group["rayStartParams"], group["template"]))
-    return groups
-
-
-def unknown_fields(instance, schema: dict, path: str = "") -> list[str]:
-    """Fields the structural CRD schema does not declare (the API server would silently prune
-    them, so a typo such as ``rayStartParam`` would be lost without an error)."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    out = []
-    if isinstance(instance, dict):
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        for key, value in instance.items():
-            if props is not None and key in props:
-                out += unknown_fields(value, props[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                out += unknown_fields(value, extra, f"{path}.{key}")
-            elif props is not None and extra is None:
-                out.append(f"{path}.{key}")
-    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        for i, value in enumerate(instance):
-            out += unknown_fields(value, schema["items"], f"{path}[{i}]")
-    return out
-
-
-def crd_schema(kind_file: str) -> dict:
-    if not KUBERAY_SCHEMAS.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {KUBERAY_SCHEMAS} (shared/ must sit "
-                    "beside the repository clone)")
-    return copy.deepcopy(_load_crd_schema(kind_file))
-
-
-@functools.lru_cache(maxsize=None)
-def _load_crd_schema(kind_file: str) -> dict:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large
-    with open(KUBERAY_SCHEMAS / kind_file, encoding="utf-8") as f:
-        crd = yaml.load(f, Loader=loader)
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return version["schema"]["openAPIV3Schema"]
-
-
-def crd_errors(doc: dict, schema: dict) -> list[str]:
-    validator = jsonschema.Draft7Validator(schema)
-    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in validator.iter_errors(doc)]
-    return errors + [f"{p}: unknown field" for p in unknown_fields(doc, schema)]
-
-
-def k8s_validate(doc: dict) -> None:
-    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-
-
-def render_acl(script: Path, template: Path, output: Path, passwords: dict[str, str]):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VALKEY_PASSWORD_")}
-    env.update({f"VALKEY_PASSWORD_{u.upper()}": pw for u, pw in passwords.items()})
-    return subprocess.run(["sh", str(script), str(template), str(output)], env=env,
-                          capture_output=True, text=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def render_script(tmp_path_factory) -> Path:
-    cm = one(load_docs("valkey.yaml"), "ConfigMap", "valkey-config")
-    path = tmp_path_factory.mktemp("render") / "render-acl.sh"
-    path.write_text(cm["data"]["render-acl.sh"], encoding="utf-8")
-    return path
+# Users of the ACL file that are not data users (data users: one key prefix each).
+SERVICE_USERS = {"default", "admin", "platform", "replication", "metrics"}
+# redis_exporter v1.83.0 added --disable-scrape-endpoint (oliver006/redis_exporter #1104, #1106).
+EXPORTER_MIN_VERSION = (1, 83, 0)
 
 
 # -- files and headers ------------------------------------------------------------------------
@@ -232,7 +78,7 @@ def env_entries(node):
             yield from env_entries(value)
 
 
-@pytest.mark.parametrize("name", MANIFESTS)
+@pytest.mark.parametrize("name", WORKLOADS)
 def test_manifests_hold_no_plain_secret_values(name):
     entries = [e for doc in load_docs(name) for e in env_entries(doc)]
     assert entries
@@ -263,7 +109,7 @@ def test_core_kinds_validate_against_kubernetes_schemas(name):
 
 
 def test_kubernetes_validation_is_strict():
-    sts = copy.deepcopy(one(load_docs("valkey.yaml"), "StatefulSet"))
+    sts = copy.deepcopy(one(load_docs(STANDALONE), "StatefulSet"))
     sts["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         k8s_validate(sts)
@@ -277,7 +123,7 @@ def test_ray_pod_templates_are_valid_pods():
 
 def test_rayservice_validates_against_kuberay_crd():
     schema = crd_schema("ray.io_rayservices.yaml")
-    doc = one(load_docs("rayservice.yaml"), "RayService")
+    doc = one(load_docs(RAYSERVICE), "RayService")
     assert doc["apiVersion"] == "ray.io/v1"
     assert crd_errors(doc, schema) == []
 
@@ -285,7 +131,7 @@ def test_rayservice_validates_against_kuberay_crd():
 def test_ray_cluster_config_is_also_a_valid_raycluster():
     """The same cluster spec deployed as a plain RayCluster (batch jobs, no Serve)."""
     schema = crd_schema("ray.io_rayclusters.yaml")
-    svc = one(load_docs("rayservice.yaml"), "RayService")
+    svc = one(load_docs(RAYSERVICE), "RayService")
     cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster",
                "metadata": {"name": "spill-to-valkey"},
                "spec": copy.deepcopy(svc["spec"]["rayClusterConfig"])}
@@ -294,7 +140,7 @@ def test_ray_cluster_config_is_also_a_valid_raycluster():
 
 def test_kuberay_crd_check_catches_typos_and_bad_types():
     schema = crd_schema("ray.io_rayservices.yaml")
-    doc = copy.deepcopy(one(load_docs("rayservice.yaml"), "RayService"))
+    doc = copy.deepcopy(one(load_docs(RAYSERVICE), "RayService"))
     head = doc["spec"]["rayClusterConfig"]["headGroupSpec"]
     head["rayStartParam"] = head.pop("rayStartParams")
     doc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "two"
@@ -325,27 +171,40 @@ def test_servicemonitor_scrapes_the_exporter_sidecar(name):
         assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
         (svc_port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
         container, port = container_ports[svc_port["targetPort"]]
-        assert "redis_exporter" in container["image"]
+        assert container["name"] != "valkey" and "redis_exporter" in container["image"]
         assert port["containerPort"] == 9121
         assert endpoint.get("path", "/metrics") == "/metrics"
         assert re.fullmatch(r"\d+s", endpoint["interval"])
         env = {e["name"]: e for e in container["env"]}
         assert env["REDIS_USER"]["value"] == "metrics"
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "METRICS"
+    # The exporter has a Service of its own; no other Service of the layout exposes 9121.
+    for other in docs:
+        if other["kind"] == "Service" and other is not service:
+            assert all(p["port"] != 9121 for p in other["spec"]["ports"]), other["metadata"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [9121]
+
+
+@pytest.mark.parametrize("name", VALKEY_MANIFESTS)
+def test_exporter_cannot_be_pointed_at_other_hosts(name):
+    """redis_exporter serves /scrape?target=ANY-HOST and logs in there with its password
+    (oliver006/redis_exporter #1104) unless told not to: the flag came in v1.83.0 (#1106)."""
+    sts = one(load_docs(name), "StatefulSet")
+    (exporter,) = [c for c in sts["spec"]["template"]["spec"]["containers"]
+                   if "redis_exporter" in c["image"]]
+    version = re.fullmatch(r"oliver006/redis_exporter:v(\d+)\.(\d+)\.(\d+)", exporter["image"])
+    assert version, f"pin an exact exporter version, not {exporter['image']}"
+    assert tuple(map(int, version.groups())) >= EXPORTER_MIN_VERSION
+    env = {e["name"]: e.get("value") for e in exporter["env"]}
+    assert env["REDIS_EXPORTER_DISABLE_SCRAPE_ENDPOINT"] == "true"
+    assert env["REDIS_ADDR"] == "redis://localhost:6379"
+    # No CONFIG GET: the metrics user may not run it (it would return masterauth).
+    assert env["REDIS_EXPORTER_CONFIG_COMMAND"] == "-"
+    assert "args" not in exporter and "command" not in exporter
 
 
 # -- RayService: spilling config, image, sizes ----------------------------------------------
-def _env(container: dict) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-def ray_containers() -> list[tuple[str, dict, dict]]:
-    out = []
-    for group, params, template in ray_pod_templates():
-        (container,) = [c for c in template["spec"]["containers"]
-                        if c["name"] in ("ray-head", "ray-worker")]
-        out.append((group, params, container))
-    return out
+_env = env_of
 
 
 def test_every_ray_node_gets_the_valkey_spilling_config():
@@ -358,8 +217,10 @@ def test_every_ray_node_gets_the_valkey_spilling_config():
         configs.append(raw)
         assert config.address.host == VALKEY_HOST and config.address.port == 6379
         assert config.address.scheme == "valkey" and config.address.db == 0
-        assert config.prefix == DEFAULT_PREFIXES["ray"]
-        assert config.user == "rayspill"
+        # Its own prefix ray:<cluster>: and the one ACL user confined to exactly that prefix.
+        assert re.fullmatch(r"ray:[a-z0-9-]+:", config.prefix), config.prefix
+        users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
+        assert key_patterns(users[config.user]) == [config.prefix + "*"], config.user
         assert config.password_env, f"{group}: the password must come from password_env"
         assert config.password_file is None
         assert "password" not in json.loads(raw)["params"]
@@ -376,9 +237,9 @@ def test_gc_cronjob_cleans_what_the_rayservice_spills():
     """gc's arguments parse, name the same server, user, prefix and password Secret as the Ray
     pods, and --ray-address points at the GCS port of the head Service KubeRay makes for this
     RayService (<name>-head-svc)."""
-    from ray_valkey_spill.tools.gc import build_parser, config_from_args
+    from ray_valkey_spill.gc import build_parser, config_from_args
 
-    job = one(load_docs("spill-gc-cronjob.yaml"), "CronJob")
+    job = one(load_docs(GC_CRONJOB), "CronJob")
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"][:2] == ["ray-valkey-spill", "gc"]
@@ -393,7 +254,7 @@ def test_gc_cronjob_cleans_what_the_rayservice_spills():
         (spill_config.user, spill_config.prefix, spill_config.password_env)
     env = _env(container)
     assert env[args.password_env]["valueFrom"] == ray_env[args.password_env]["valueFrom"]
-    service = one(load_docs("rayservice.yaml"), "RayService")
+    service = one(load_docs(RAYSERVICE), "RayService")
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     gcs_port = next(p["containerPort"] for p in head["ports"] if p["name"] == "gcs-server")
     assert args.ray_address == [f"{service['metadata']['name']}-head-svc:{gcs_port}"]
@@ -409,12 +270,17 @@ def test_spilling_config_parser_refuses_an_inline_password():
 
 
 def test_ray_image_carries_the_package_and_matches_ray_version():
-    svc = one(load_docs("rayservice.yaml"), "RayService")
+    svc = one(load_docs(RAYSERVICE), "RayService")
     ray_version = svc["spec"]["rayClusterConfig"]["rayVersion"]
     assert ray_version.startswith("2.60."), "ray-valkey-spill supports Ray 2.60.x"
-    header = "\n".join(leading_comment(CONFIGS / "rayservice.yaml"))
-    assert "pip install" in header and "ray-valkey-spill" in header
+    header = "\n".join(leading_comment(CONFIGS / RAYSERVICE))
+    assert "Dockerfile" in header and "ray-valkey-spill" in header
     assert "runtime_env" in header, "must say that runtime_env pip does not reach IO workers"
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    (base,) = re.findall(r"^ARG RAY_IMAGE=(\S+)$", dockerfile, re.M)
+    assert base == f"rayproject/ray:{ray_version}-py311"
+    assert re.search(r"^RUN pip install --no-cache-dir /tmp/rvs ", dockerfile, re.M)
+    assert " -e " not in dockerfile and "--editable" not in dockerfile
     for group, _, container in ray_containers():
         image = container["image"]
         # The stock image lacks the .pth hook: IO workers would not know the "valkey" type.
@@ -446,11 +312,27 @@ def test_realistic_resources():
 
 
 def test_serve_config_is_a_small_valid_application_list():
-    svc = one(load_docs("rayservice.yaml"), "RayService")
+    svc = one(load_docs(RAYSERVICE), "RayService")
     serve = yaml.safe_load(svc["spec"]["serveConfigV2"])
     apps = serve["applications"]
     assert apps and all(re.fullmatch(r"[\w.]+:\w+", a["import_path"]) for a in apps)
     assert all(a["route_prefix"].startswith("/") for a in apps)
+    # The application is shipped: its module exists beside the Dockerfile, which copies it.
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    for app in apps:
+        module = app["import_path"].partition(":")[0]
+        path = CONFIGS / "ray" / (module.replace(".", "/") + ".py")
+        assert path.is_file(), f"{app['import_path']}: no {path.relative_to(CONFIGS)}"
+        package = module.split(".")[0]
+        assert f"COPY --chown=ray:users cluster_configs/ray/{package} " in dockerfile
+
+
+def test_rayservice_sets_no_field_kuberay_ignores():
+    """KubeRay >= 1.1 no longer reads these (kuberay #1665 removed the Serve health checks that
+    used them, #1688 deprecated them): setting them only suggests a protection that is gone."""
+    spec = one(load_docs(RAYSERVICE), "RayService")["spec"]
+    assert not {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"} & set(spec)
+
 
 
 # -- the VM example ---------------------------------------------------------------------------
@@ -502,16 +384,6 @@ def test_vm_script_refuses_to_start_without_password():
 
 
 # -- Valkey settings -------------------------------------------------------------------------
-def valkey_parts(name: str):
-    docs = load_docs(name)
-    sts = one(docs, "StatefulSet")
-    cm_name = next(v["configMap"]["name"] for v in sts["spec"]["template"]["spec"]["volumes"]
-                   if v["name"] == "config")
-    cm = one(docs, "ConfigMap", cm_name)
-    (server,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "valkey"]
-    return docs, sts, cm, server, conf_directives(cm["data"]["valkey.conf"])
-
-
 @pytest.mark.parametrize("name", VALKEY_MANIFESTS)
 def test_valkey_eviction_never_touches_spilled_objects(name):
     *_, conf = valkey_parts(name)
@@ -543,12 +415,11 @@ def test_valkey_persistence_fits_the_volume(name):
     assert conf["save"] == [""], "RDB snapshots fork and can double memory"
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     disk = k8s_bytes(claim["spec"]["resources"]["requests"]["storage"])
-    assert disk == 10 * 2**30
-    if conf["appendonly"] == ["yes"]:
-        assert conf["appendfsync"] == ["everysec"]
-        growth = int(conf["auto-aof-rewrite-percentage"][0]) / 100
-        base = valkey_bytes(conf["maxmemory"][0])
-        assert base * (2 + growth) <= 0.9 * disk, "AOF rewrite peak does not fit the PVC"
+    assert conf["appendonly"] == ["yes"] and conf["appendfsync"] == ["everysec"]
+    # The full rule (one RDB file on top) is checked by test_sizing.py.
+    growth = int(conf["auto-aof-rewrite-percentage"][0]) / 100
+    base = valkey_bytes(conf["maxmemory"][0])
+    assert base * (2 + growth) <= 0.9 * disk, "AOF rewrite peak does not fit the PVC"
     data_mount = next(m for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
                       if m["name"] == claim["metadata"]["name"])
     assert conf["dir"] == [data_mount["mountPath"]]
@@ -559,27 +430,32 @@ def test_valkey_statefulset_wiring(name):
     docs, sts, cm, server, conf = valkey_parts(name)
     pod = sts["spec"]["template"]["spec"]
     assert sts["metadata"]["namespace"] == NAMESPACE
-    assert re.fullmatch(r"valkey/valkey:(9|[1-9]\d)(\.\d+)*", server["image"])
+    # Valkey >= 9.1: the ACL file's db=0 rules.
+    assert re.fullmatch(r"valkey/valkey:(9\.[1-9]\d*|[1-9]\d+\.\d+)(\.\d+)?", server["image"])
     assert server["command"] == ["valkey-server", "/etc/valkey/valkey.conf"]
     (init,) = pod["initContainers"]
     assert init["envFrom"] == [{"prefix": "VALKEY_PASSWORD_", "secretRef": {"name": "valkey-users"}}]
     init_cmd = " ".join(init["command"])
-    assert "render-acl.sh /etc/valkey-acl/users.acl /run/valkey/users.acl" in init_cmd
+    # Both layouts run the one script of base/, from the generated ConfigMap valkey-acl.
+    assert "/etc/valkey-acl/render-acl.sh /etc/valkey-acl/users.acl /run/valkey/users.acl" in init_cmd
+    assert init["image"] == server["image"]
     assert conf["aclfile"] == ["/run/valkey/users.acl"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["acl"]["configMap"]["name"] == "valkey-acl"
-    assert volumes["acl"]["configMap"]["items"] == [{"key": "users.acl", "path": "users.acl"}]
+    assert volumes["acl"]["configMap"]["items"] == [{"key": "users.acl", "path": "users.acl"},
+                                                    {"key": "render-acl.sh", "path": "render-acl.sh"}]
     assert volumes["run"]["emptyDir"]["medium"] == "Memory"
     server_mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
     assert server_mounts["/run/valkey"]["name"] == "run"
     assert server_mounts["/etc/valkey"]["name"] == "config"
-    # Both manifests render with the same script.
-    standalone = one(load_docs("valkey.yaml"), "ConfigMap", "valkey-config")
-    assert cm["data"]["render-acl.sh"] == standalone["data"]["render-acl.sh"]
+    assert "render-acl.sh" not in cm["data"], "one copy of the script: base/render-acl.sh"
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["app.kubernetes.io/part-of"] == "shared-valkey", "NetworkPolicies select it"
+    assert sts["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_valkey_service_is_where_ray_spills():
-    docs = load_docs("valkey.yaml")
+    docs = load_docs(STANDALONE)
     service = one(docs, "Service", "valkey")
     assert service["metadata"]["namespace"] == NAMESPACE
     assert any(p["port"] == 6379 for p in service["spec"]["ports"])
@@ -590,7 +466,7 @@ def test_valkey_service_is_where_ray_spills():
 
 
 def test_valkey_cluster_layout():
-    docs, sts, _, server, conf = valkey_parts("valkey-cluster.yaml")
+    docs, sts, _, server, conf = valkey_parts(CLUSTER)
     assert sts["spec"]["replicas"] == 6
     assert conf["cluster-enabled"] == ["yes"]
     assert conf["masteruser"] == ["replication"]
@@ -601,10 +477,11 @@ def test_valkey_cluster_layout():
     assert "--cluster create" in script and "--cluster-replicas 1" in script
     assert "--user admin" in script
     assert one(docs, "Service", "valkey-cluster-headless")["spec"]["clusterIP"] == "None"
-    header = "\n".join(leading_comment(CONFIGS / "valkey-cluster.yaml"))
+    header = "\n".join(leading_comment(CONFIGS / CLUSTER))
     (config_json,) = re.findall(r'(\{"type": "valkey".*?\}\})', header.replace("\n#     ", " "))
     config = parse_spilling_config(config_json)
     assert config.address.cluster and config.address.host == "valkey-cluster.ai-ml.svc.cluster.local"
+    assert key_patterns(acl_rules(ACL_FILE.read_text())[config.user]) == [config.prefix + "*"]
     assert parse_url("valkeys+cluster://valkey-cluster.ai-ml.svc.cluster.local:6379").tls
 
 
@@ -625,7 +502,10 @@ def test_default_user_is_off():
 
 def test_acl_patterns_cover_every_prefix_with_its_own_user():
     users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
-    data_users = {u: r for u, r in users.items() if u != "admin"}
+    # admin reaches everything; platform reads everything and writes nothing.
+    assert key_patterns(users["platform"]) == ["*"] and "%R~*" in users["platform"]
+    assert not {"+@write", "+@all", "allcommands", "+@admin"} & set(users["platform"])
+    data_users = {u: r for u, r in users.items() if u not in ("admin", "platform")}
     owners = {}
     for use, prefix in DEFAULT_PREFIXES.items():
         probe = prefix + "x:1"
@@ -644,28 +524,68 @@ def test_acl_patterns_cover_every_prefix_with_its_own_user():
 
 def test_data_users_drop_dangerous_commands_last():
     users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
-    for user in ("rayspill", "embcache", "vllmkv", "session", "metrics"):
+    data_users = sorted(set(users) - SERVICE_USERS)
+    assert {"rayspill", "raysp-embed", "raysp-batch", "embcache", "vllmkv", "session"} <= set(data_users)
+    for user in data_users:
         rules = users[user]
         assert "on" in rules and "-@all" in rules and "-@dangerous" in rules
+        assert "-@scripting" in rules and "db=0" in rules and "-select" in rules, user
         assert "resetchannels" in rules and not any(r.startswith("&") for r in rules)
         after = rules[rules.index("-@dangerous") + 1:]
-        # Only single commands may follow -@dangerous, never a whole category back.
-        assert all(r.startswith("+") and "@" not in r for r in after), (user, after)
-        assert not {"+@all", "allcommands", "+@admin", "+@dangerous"} & set(rules)
+        # After -@dangerous: more removals, or single commands back, never a category back.
+        assert all(r.startswith("-") or (r.startswith("+") and "@" not in r) for r in after), (
+            user, after)
+        assert {r for r in after if r.startswith("+")} <= {"+info|memory", "+cluster|slots"}
+        assert not {"+@all", "allcommands", "+@admin", "+@dangerous", "+@scripting"} & set(rules)
+    for user in ("metrics", "replication"):
+        rules = users[user]
+        assert rules[:4] == ["on", "resetkeys", "resetchannels", "-@all"], user
+        # Single commands only, and never CONFIG (CONFIG GET would return masterauth).
+        assert all(r.startswith("+") and "@" not in r for r in rules[4:]), (user, rules)
+        assert not any(r.startswith("+config") for r in rules), user
     assert key_patterns(users["metrics"]) == [] and key_patterns(users["replication"]) == []
 
 
-@pytest.mark.parametrize("name", VALKEY_MANIFESTS)
-def test_secret_template_has_placeholders_for_every_user(name):
-    secret = one(load_docs(name), "Secret", "valkey-users")
-    assert "data" not in secret
+def test_secret_template_has_placeholders_for_every_user():
+    secret = one(load_docs("secrets-templates/valkey-users.yaml"), "Secret", "valkey-users")
+    assert "data" not in secret and secret["metadata"]["namespace"] == NAMESPACE
     values = secret["stringData"]
     users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
-    assert set(values) == {u.upper() for u in users if u != "default"}
+    assert set(values) == {u.upper().replace("-", "_") for u in users if u != "default"}
     assert all(v.startswith("REPLACE_ME") for v in values.values())
 
 
-def test_render_acl_appends_hashes_and_drops_comments(render_script, tmp_path):
+def test_every_secret_a_manifest_uses_has_a_template():
+    templates = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
+                 for f in sorted(SECRET_TEMPLATES.glob("*.yaml"))
+                 for d in load_docs(f"secrets-templates/{f.name}")}
+    for name, namespace in ((STANDALONE, NAMESPACE), (CLUSTER, NAMESPACE),
+                            (RAYSERVICE, "ray"), (GC_CRONJOB, "ray")):
+        refs = list(_secret_refs(load_docs(name)))
+        assert refs, name
+        for secret_name, key in refs:
+            assert (namespace, secret_name) in templates, f"{name}: no template for {secret_name}"
+            assert key in templates[(namespace, secret_name)]["stringData"], (name, key)
+
+
+def _secret_refs(node):
+    """(Secret name, key) of every secretKeyRef, envFrom secretRef and secret volume item."""
+    if isinstance(node, dict):
+        if "secretKeyRef" in node:
+            yield node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]
+        if "secretName" in node:
+            for item in node.get("items", []):
+                yield node["secretName"], item["key"]
+        for key, value in node.items():
+            if key != "secretKeyRef":
+                yield from _secret_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _secret_refs(value)
+
+
+def test_render_acl_appends_hashes_and_drops_comments(tmp_path):
+    render_script = RENDER_SCRIPT
     users = [u for u in acl_rules(ACL_FILE.read_text(encoding="utf-8")) if u != "default"]
     passwords = {u: f"pw-{u}-0123456789" for u in users}
     out = tmp_path / "users.acl"
@@ -676,8 +596,6 @@ def test_render_acl_appends_hashes_and_drops_comments(render_script, tmp_path):
     assert "pw-" not in text and not any(line.startswith("#") for line in text.splitlines())
     rendered = acl_rules(text)
     template = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
-    import hashlib
-
     for user, rules in rendered.items():
         if user == "default":
             assert rules == template["default"]
@@ -687,7 +605,8 @@ def test_render_acl_appends_hashes_and_drops_comments(render_script, tmp_path):
     assert oct(out.stat().st_mode & 0o777) == "0o600"
 
 
-def test_render_acl_refuses_missing_or_placeholder_passwords(render_script, tmp_path):
+def test_render_acl_refuses_missing_or_placeholder_passwords(tmp_path):
+    render_script = RENDER_SCRIPT
     users = [u for u in acl_rules(ACL_FILE.read_text(encoding="utf-8")) if u != "default"]
     good = {u: "x" * 20 for u in users}
     out = tmp_path / "users.acl"
@@ -703,3 +622,27 @@ def test_render_acl_refuses_missing_or_placeholder_passwords(render_script, tmp_
     bad_template.write_text(ACL_FILE.read_text() + "user extra on >inline ~x:*\n")
     result = render_acl(render_script, bad_template, out, dict(good, extra="y" * 20))
     assert result.returncode != 0 and "do not belong" in result.stderr
+
+
+def test_render_acl_turns_off_users_a_layout_does_not_need(tmp_path):
+    """Both layouts render rayspill (ray:*, every Ray cluster's objects) "off"; the standalone
+    layout, which has no replicas, also replication. An off user needs no password and admits
+    nobody."""
+    users = [u for u in acl_rules(ACL_FILE.read_text(encoding="utf-8")) if u != "default"]
+    off = {STANDALONE: ["replication", "rayspill"], CLUSTER: ["rayspill"]}
+    template = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
+    for manifest, off_users in off.items():
+        sts = one(load_docs(manifest), "StatefulSet")
+        (init,) = sts["spec"]["template"]["spec"]["initContainers"]
+        (value,) = [e["value"] for e in init["env"] if e["name"] == "VALKEY_ACL_OFF_USERS"]
+        assert value.split() == off_users, manifest
+        passwords = {u: f"pw-{u}-0123456789" for u in users if u not in off_users}
+        out = tmp_path / "users.acl"
+        result = render_acl(RENDER_SCRIPT, ACL_FILE, out, passwords, off_users=value)
+        assert result.returncode == 0, result.stderr
+        rendered = acl_rules(out.read_text())
+        for user in users:
+            if user in off_users:
+                assert rendered[user] == ["off"] + template[user][1:], user
+            else:
+                assert rendered[user][:-1] == template[user] and rendered[user][0] == "on"
