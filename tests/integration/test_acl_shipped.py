@@ -23,7 +23,7 @@ import valkey
 from ray_valkey_spill import EmbeddedValkey, SessionStore, connect
 from ray_valkey_spill.caches import EmbeddingCache, KVCache
 from ray_valkey_spill.config import SpillConfig
-from ray_valkey_spill.embedded import free_port
+from ray_valkey_spill.testing.embedded import free_port
 from ray_valkey_spill.server_checks import check_server
 
 CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"
@@ -243,7 +243,7 @@ def test_platform_user_reads_everything_and_writes_nothing(server, passwords):
     assert client.memory_usage("emb:platform:k") > 0 and "used_memory" in client.info()
     assert b"emb:platform:k" in client.scan(0, match="emb:platform:*", count=1000)[1]
     # `ray-valkey-spill stats` needs no admin: the platform user runs all of it.
-    from ray_valkey_spill.stats import collect
+    from ray_valkey_spill.tools.stats import collect
 
     report = collect(client)
     assert report["dbsize"] >= 1 and report["scanned_keys"] >= 1
@@ -279,7 +279,7 @@ def _gc(server, user: str, prefix: str) -> subprocess.CompletedProcess:
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "ray_valkey_spill.cli", "gc", "--url", server.url,
+        [sys.executable, "-m", "ray_valkey_spill.tools.cli", "gc", "--url", server.url,
          "--prefix", prefix, "--username", user, "--password-env", _env_name(user),
          "--grace-s", "0", "--orphan-grace-s", "0", "--allow-short-grace", "--yes", "--quiet"],
         capture_output=True, text=True, timeout=120)

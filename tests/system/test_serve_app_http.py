@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("starlette", reason="Ray Serve is not installed (ray[serve])")
 
 from ray_valkey_spill import EmbeddedValkey  # noqa: E402
-from ray_valkey_spill.embedded import free_port  # noqa: E402
+from ray_valkey_spill.testing.embedded import free_port  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"
 ACL_FILE = CONFIGS / "base" / "valkey-users.acl"

@@ -80,7 +80,7 @@ def test_a_password_given_as_password_env_is_refused_without_echo(secret):
     for call in (lambda: SpillConfig.from_params({"url": "valkey://h:6379/0",
                                                    "password_env": secret}),
                  lambda: cli.main(["doctor", "--url", "valkey://127.0.0.1:1/0",
-                                   "--password-env", secret]),
+                                   f"--password-env={secret}"]),
                  lambda: cli.main(["config", "valkey://h:6379/0", f"password_env={secret}"])):
         text = _outputs_of(call)
         assert "password_env" in text and secret not in text
