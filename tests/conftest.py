@@ -22,6 +22,16 @@ from ray_valkey_spill.spill.keys import is_manifest_key
 MiB = 1024 * 1024
 TIERS = ("unit", "integration", "system")
 
+# Small timeouts so that a fault is detected fast: one command costs at most
+# (RETRIES + 1) * SOCKET_TIMEOUT_S plus backoff (connection.py: EqualJitterBackoff(base=0.05),
+# i.e. at most 0.1 s before the first retry).
+SOCKET_TIMEOUT_S = 0.5
+CONNECT_TIMEOUT_S = 0.5
+RETRIES = 1
+ONE_COMMAND_BOUND_S = (RETRIES + 1) * SOCKET_TIMEOUT_S + RETRIES * 0.2
+FAST_FAIL = dict(socket_timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S,
+                 retries=RETRIES)
+
 
 def pytest_collection_modifyitems(config, items):
     """Mark every test with the tier of its folder (``pytest -m unit`` runs the fast tier)."""

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import MiB
+from conftest import CONNECT_TIMEOUT_S, FAST_FAIL, MiB, ONE_COMMAND_BOUND_S
 from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.connection import close_all, connect
 from ray_valkey_spill.errors import (BackendUnavailableError, CorruptObjectError,
@@ -23,15 +23,6 @@ from ray_valkey_spill.spill.engine import SpillObject
 from ray_valkey_spill.spill.keys import parse_spill_url
 from ray_valkey_spill.testing.harness import SpillHarness
 
-# Small timeouts so that a fault is detected fast: one command costs at most
-# (RETRIES + 1) * SOCKET_TIMEOUT_S plus backoff (connection.py: EqualJitterBackoff(base=0.05),
-# i.e. at most 0.1 s before the first retry).
-SOCKET_TIMEOUT_S = 0.5
-CONNECT_TIMEOUT_S = 0.5
-RETRIES = 1
-ONE_COMMAND_BOUND_S = (RETRIES + 1) * SOCKET_TIMEOUT_S + RETRIES * 0.2
-FAST_FAIL = dict(socket_timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S,
-                 retries=RETRIES)
 
 
 def unique_prefix(tag: str) -> str:

@@ -16,20 +16,11 @@ import numpy as np
 import pytest
 import xxhash
 
-from conftest import MiB
+from conftest import FAST_FAIL, MiB, ONE_COMMAND_BOUND_S
 from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.connection import close_all
 from ray_valkey_spill.keyspace import scan_keys
 
-# Small timeouts so that a fault is detected fast: one command costs at most
-# (RETRIES + 1) * SOCKET_TIMEOUT_S plus backoff (connection.py: EqualJitterBackoff(base=0.05),
-# i.e. at most 0.1 s before the first retry).
-SOCKET_TIMEOUT_S = 0.5
-CONNECT_TIMEOUT_S = 0.5
-RETRIES = 1
-ONE_COMMAND_BOUND_S = (RETRIES + 1) * SOCKET_TIMEOUT_S + RETRIES * 0.2
-FAST_FAIL = dict(socket_timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S,
-                 retries=RETRIES)
 
 
 def start_ray(url: str, object_store_mib: int = 100, **options):
