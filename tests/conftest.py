@@ -17,7 +17,9 @@ import pytest
 
 from ray_valkey_spill import EmbeddedValkey, spilling_config
 from ray_valkey_spill.keyspace import scan_keys
-from ray_valkey_spill.spill.keys import is_manifest_key
+from ray_valkey_spill.spill.engine import SpillObject
+from ray_valkey_spill.spill.keys import is_manifest_key, parse_spill_url
+from ray_valkey_spill.testing.harness import SpillHarness
 
 MiB = 1024 * 1024
 TIERS = ("unit", "integration", "system")
@@ -121,3 +123,30 @@ def ray_spilling(valkey_url, spill_prefix):
     ray = start_ray(valkey_url, prefix=spill_prefix, chunk_size_bytes=1 * MiB)
     yield ray
     ray.shutdown()
+
+
+# -- the spill engine without Ray (fault tests at the engine level and under partitions) --
+def unique_prefix(tag: str) -> str:
+    return f"ray:{tag}{uuid.uuid4().hex[:8]}:"
+
+
+def make_storage(url: str, prefix: str, **options) -> SpillHarness:
+    """The spill engine of node0 in session sess0, driven without Ray."""
+    return SpillHarness(url, prefix, session="sess0", node_id="node0", **options)
+
+
+def spill(storage: SpillHarness, payloads: dict[str, bytes]) -> dict[str, bytes]:
+    """Spill ``{hex: data}`` in one call; return ``{hex: url}``."""
+    urls = storage.engine.spill([
+        SpillObject(h, memoryview(data), b"meta-" + h.encode(), b"owner-" + h.encode())
+        for h, data in payloads.items()])
+    assert len(urls) == len(payloads)
+    return dict(zip(payloads, urls))
+
+
+def restore(storage: SpillHarness, hex_id: str, url: bytes) -> bytes:
+    target = bytearray(parse_spill_url(url, storage.config.prefix).size)  # an upper bound
+    reader = storage.restore_into(url, target)
+    assert reader.metadata == b"meta-" + hex_id.encode()
+    assert reader.owner_address == b"owner-" + hex_id.encode()
+    return bytes(target[:reader.size])

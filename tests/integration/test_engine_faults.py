@@ -8,47 +8,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
 
-from conftest import CONNECT_TIMEOUT_S, FAST_FAIL, MiB, ONE_COMMAND_BOUND_S
+from conftest import (CONNECT_TIMEOUT_S, FAST_FAIL, MiB, ONE_COMMAND_BOUND_S,
+                      make_storage, restore, spill, unique_prefix)
 from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.connection import close_all, connect
 from ray_valkey_spill.errors import (BackendUnavailableError, CorruptObjectError,
                                      ObjectMissingError, RayValkeySpillError, SpillError)
 from ray_valkey_spill.keyspace import scan_keys
-from ray_valkey_spill.spill.engine import SpillObject
-from ray_valkey_spill.spill.keys import parse_spill_url
-from ray_valkey_spill.testing.harness import SpillHarness
 
-
-
-def unique_prefix(tag: str) -> str:
-    return f"ray:{tag}{uuid.uuid4().hex[:8]}:"
-
-
-def make_storage(url: str, prefix: str, **options) -> SpillHarness:
-    """The spill engine of node0 in session sess0, driven without Ray."""
-    return SpillHarness(url, prefix, session="sess0", node_id="node0", **options)
-
-
-def spill(storage: SpillHarness, payloads: dict[str, bytes]) -> dict[str, bytes]:
-    """Spill ``{hex: data}`` in one call; return ``{hex: url}``."""
-    urls = storage.engine.spill([
-        SpillObject(h, memoryview(data), b"meta-" + h.encode(), b"owner-" + h.encode())
-        for h, data in payloads.items()])
-    assert len(urls) == len(payloads)
-    return dict(zip(payloads, urls))
-
-
-def restore(storage: SpillHarness, hex_id: str, url: bytes) -> bytes:
-    target = bytearray(parse_spill_url(url, storage.config.prefix).size)  # an upper bound
-    reader = storage.restore_into(url, target)
-    assert reader.metadata == b"meta-" + hex_id.encode()
-    assert reader.owner_address == b"owner-" + hex_id.encode()
-    return bytes(target[:reader.size])
 
 
 @pytest.fixture

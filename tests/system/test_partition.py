@@ -1,6 +1,6 @@
 """A real network partition: the server runs in its own network namespace behind a veth pair,
 and the test cuts the link (the namespace's end goes down, so packets vanish without a reset,
-as when a node or a switch drops off). Unlike a paused server (test_faults), nothing
+as when a node or a switch drops off). Unlike a paused server (test_ray_faults), nothing
 answers at all: not even a new connection's handshake.
 
 Needs root and iproute2 (both present on the CI machine); skipped elsewhere.
@@ -20,9 +20,10 @@ from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.connection import close_all
 from ray_valkey_spill.errors import BackendUnavailableError, SpillError
 from ray_valkey_spill.keyspace import scan_keys
-from test_faults import (CONNECT_TIMEOUT_S, FAST_FAIL, ONE_COMMAND_BOUND_S, _check_all,
-                         _logs_dir, _put_through_an_outage, _spill_failures_logged,
-                         _wait_for_keys, make_storage, restore, spill, start_ray, unique_prefix)
+from conftest import (CONNECT_TIMEOUT_S, FAST_FAIL, ONE_COMMAND_BOUND_S, make_storage, restore,
+                      spill, start_ray, unique_prefix)
+from test_ray_faults import (_check_all, _logs_dir, _put_through_an_outage,
+                             _spill_failures_logged, _wait_for_keys)
 
 PASSWORD_ENV = "RVS_PARTITION_TEST_PASSWORD"
 

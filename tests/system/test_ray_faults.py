@@ -10,35 +10,16 @@ import os
 import shutil
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
 import xxhash
 
-from conftest import FAST_FAIL, MiB, ONE_COMMAND_BOUND_S
+from conftest import FAST_FAIL, MiB, ONE_COMMAND_BOUND_S, start_ray, unique_prefix
 from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.connection import close_all
 from ray_valkey_spill.keyspace import scan_keys
 
-
-
-def start_ray(url: str, object_store_mib: int = 100, **options):
-    """conftest.start_ray, but always a NEW local cluster (address="local"): on a machine where
-    someone ran `ray start`, a bare ray.init() would join that cluster instead."""
-    import ray
-
-    from ray_valkey_spill import spilling_config
-
-    ray.init(address="local", num_cpus=2, object_store_memory=object_store_mib * MiB,
-             include_dashboard=False,
-             _system_config={"object_spilling_config": spilling_config(url, **options),
-                             "min_spilling_size": 0})
-    return ray
-
-
-def unique_prefix(tag: str) -> str:
-    return f"ray:{tag}{uuid.uuid4().hex[:8]}:"
 
 
 OBJ_MIB = 8
