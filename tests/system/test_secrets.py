@@ -296,7 +296,10 @@ def test_doctor_flags_unsafe_server_settings(capsys):
         assert checks["maxmemory"]["status"] == "OK"
         assert checks["persistence"]["status"] == "OK"
         assert checks["latency"]["status"] == "OK" and "p50" in checks["latency"]["detail"]
-        assert rc == 0  # warnings only (no password, other tenants reachable)
+        # Settings give warnings only (no password, other tenants reachable); the one ERROR is
+        # the embedded server's all-powerful default user (FLUSHALL, SELECT, FUNCTION ...).
+        errors = [name for name, c in checks.items() if c["status"] == "ERROR"]
+        assert rc == 1 and errors == ["acl-dangerous"], errors
     # plaintext to a non-loopback host is a warning even before anything answers
     from ray_valkey_spill.testing.embedded import free_port
 
