@@ -53,9 +53,10 @@ def async_source(client_or_url: Any, async_client: Any) -> Any:
     """What the async methods get their client from: an explicit valkey.asyncio client, else the
     URL/SpillConfig (one pool per event loop through ``connect_async``), else None."""
     if async_client is not None:
-        if not hasattr(async_client, "pipeline") or not _is_async_client(async_client):
+        if not hasattr(async_client, "pipeline") or not _is_async_client(async_client) \
+                or is_cluster(async_client) or hasattr(async_client, "get_node_from_key"):
             raise ConfigError("async_client", type(async_client).__name__,
-                              "a valkey.asyncio client, or None")
+                              "a standalone valkey.asyncio client, or None")
         return async_client
     return client_or_url if isinstance(client_or_url, (str, SpillConfig)) else None
 

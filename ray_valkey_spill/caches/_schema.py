@@ -121,14 +121,17 @@ class EmbeddingSchema:
     def _cast(self, array: np.ndarray, where: str) -> np.ndarray:
         src = array.dtype
         ml = (src.type.__module__ or "").startswith("ml_dtypes")
-        float_target = self.dtype.kind in "fV"
-        ok = (src.kind in "iub" and float_target) or (src.kind == "f" and float_target) \
-            or (ml and float_target) or (src.kind in "iu" and np.can_cast(src, self.dtype))
+        if self.dtype.kind in "fV":  # float target: ints and floats of any width
+            ok = src.kind in "iuf" or ml
+        else:  # int8/uint8 target: integers whose values fit (a list of ints is int64)
+            info = np.iinfo(self.dtype)
+            ok = src.kind in "iu" and int(array.min()) >= info.min and int(array.max()) <= info.max
         if not ok:
             raise CacheValueError(f"{where}: dtype {src} does not cast to the declared "
-                                  f"{self.dtype.name} (complex, non-numeric or lossy kind change)")
+                                  f"{self.dtype.name} (complex, bool, non-numeric, floats into "
+                                  "integers, or integers out of range)")
         with np.errstate(over="ignore", invalid="ignore"):
-            return array.astype(self.dtype)
+            return array.astype(self.dtype)  # float overflow -> inf, refused by the caller
 
     def fits(self, array: np.ndarray) -> bool:
         """Whether a stored array is a vector of this schema (read side: else a counted miss)."""

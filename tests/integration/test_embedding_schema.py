@@ -190,3 +190,13 @@ def test_unreadable_limit_falls_back_to_512_mb(small_bulk_server):
         assert max_value_bytes(limited) == DEFAULT_MAX_BULK_BYTES == 512 * 1024 * 1024
     finally:
         admin.acl_deluser(user)
+
+
+def test_integer_dtypes_take_integers_that_fit(valkey_url, prefix):
+    cache = EmbeddingCache(valkey_url, "q", dimension=4, dtype="int8", ttl_seconds=60,
+                           prefix=prefix)
+    assert cache.put("list", [1, -2, 127, -128])  # Python ints: int64 to numpy, fit int8
+    assert cache.get("list").dtype == np.int8 and cache.get("list").tolist() == [1, -2, 127, -128]
+    for bad in ([1, 2, 3, 128], [0.5, 1.0, 2.0, 3.0], [True, False, True, False]):
+        with pytest.raises(CacheValueError, match="does not cast"):
+            cache.put("bad", bad)
