@@ -200,3 +200,37 @@ def test_integer_dtypes_take_integers_that_fit(valkey_url, prefix):
     for bad in ([1, 2, 3, 128], [0.5, 1.0, 2.0, 3.0], [True, False, True, False]):
         with pytest.raises(CacheValueError, match="does not cast"):
             cache.put("bad", bad)
+
+
+# --- texts kept beside the vectors ----------------------------------------------------------
+
+def test_kept_texts_are_listed_and_deleted(valkey_url, prefix):
+    cache = EmbeddingCache(valkey_url, "m", dimension=DIM, ttl_seconds=60, prefix=prefix,
+                           keep_texts=True)
+    texts = [f"text {i}" for i in range(30)] + ["ünïcode ✓", "a:b*c?"]
+    cache.put_many(texts, _vectors(len(texts)))
+    plain = EmbeddingCache(valkey_url, "m", dimension=DIM, ttl_seconds=60, prefix=prefix)
+    assert plain.get("ünïcode ✓") is not None  # readers that want only the vector skip the text
+    assert sorted(cache.texts()) == sorted(texts)
+    assert sorted(cache.texts(prefix="text 2")) == ["text 2"] + [f"text 2{i}" for i in range(10)]
+    assert asyncio.run(_collect(cache.atexts("a:"))) == ["a:b*c?"]
+    assert cache.delete_many(texts[:10] + ["never stored"]) == 10
+    assert len(list(cache.texts())) == len(texts) - 10
+    with pytest.raises(ConfigError, match="keep_texts"):
+        list(plain.texts())
+
+
+async def _collect(agen) -> list:
+    return [x async for x in agen]
+
+
+def test_kept_texts_on_a_cluster():
+    from ray_valkey_spill.embedded_cluster import EmbeddedValkeyCluster
+
+    with EmbeddedValkeyCluster(primaries=3) as cluster:
+        cache = EmbeddingCache(cluster.url, "m", dimension=DIM, ttl_seconds=60, keep_texts=True)
+        texts = [f"t{i}" for i in range(200)]  # spread over every primary
+        assert cache.put_many(texts, _vectors(200)) == 200
+        assert sorted(cache.texts()) == sorted(texts)
+        assert cache.delete_many(texts[:50]) == 50
+        assert len(list(cache.texts())) == 150
