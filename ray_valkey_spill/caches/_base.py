@@ -143,8 +143,7 @@ DEFAULT_MAX_BULK_BYTES = 512 * 1024 * 1024
 _bulk_limits: dict[Any, int] = {}
 
 
-def _bulk_limit_from(reply: Any) -> int:
-    value = reply.get("proto-max-bulk-len") if isinstance(reply, dict) else None
+def _bulk_limit_from(value: Any) -> int:
     try:
         return int(value) if value is not None else DEFAULT_MAX_BULK_BYTES
     except (TypeError, ValueError):
@@ -157,7 +156,7 @@ def max_value_bytes(client: Any) -> int:
     limit = _bulk_limits.get(id(client))
     if limit is None:
         try:
-            limit = _bulk_limit_from({"proto-max-bulk-len": config_get(client, "proto-max-bulk-len")})
+            limit = _bulk_limit_from(config_get(client, "proto-max-bulk-len"))
         except Exception as exc:  # unreachable now: do not cache the fallback
             logger.debug("cannot read proto-max-bulk-len: %s", exc)
             return DEFAULT_MAX_BULK_BYTES
@@ -172,7 +171,8 @@ async def amax_value_bytes(client: Any) -> int:
     limit = _bulk_limits.get(id(client))
     if limit is None:
         try:
-            limit = _bulk_limit_from(await client.config_get("proto-max-bulk-len"))
+            reply = await client.config_get("proto-max-bulk-len")
+            limit = _bulk_limit_from(reply.get("proto-max-bulk-len"))
         except valkey.exceptions.ResponseError:  # NOPERM: a least-privilege cache user
             limit = DEFAULT_MAX_BULK_BYTES
         except Exception as exc:

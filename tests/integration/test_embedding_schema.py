@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ray_valkey_spill import CacheValueError, ConfigError, EmbeddedValkey, EmbeddingCache, KVCache
-from ray_valkey_spill.caches._base import DEFAULT_MAX_BULK_BYTES, max_value_bytes
+from ray_valkey_spill.caches._base import DEFAULT_MAX_BULK_BYTES, _bulk_limits, max_value_bytes
 from ray_valkey_spill.caches._schema import EmbeddingSchema
 from ray_valkey_spill.caches._values import ArrayCodec
 from ray_valkey_spill.keyspace import scan_keys, unlink_keys
@@ -48,6 +48,10 @@ def _commandstats(client) -> dict[str, int]:
     stats = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
     stats.pop("info", None)
     return stats
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
 # --- identity -------------------------------------------------------------------------------
@@ -173,6 +177,13 @@ def test_too_large_values_fail_before_anything_is_sent(small_bulk_server):
         asyncio.run(cache.aput_many(["a", "huge"], [small, big]))
     assert sorted(info.value.failed) == [1]
     assert _commandstats(client) == before  # neither batch sent anything
+    # Unreadable at construction (server down then): the async path reads the limit itself.
+    _bulk_limits.pop(id(cache.client))
+    with pytest.raises(CacheValueError, match="1,048,576"):
+        asyncio.run(cache.aput_many(["huge"], [big]))
+    delta = _delta(before, _commandstats(client))
+    delta.pop("client|setinfo", None)  # the new event loop's connection handshake
+    assert delta == {"config|get": 1}
     assert client.ping() and cache.put("a", small)  # the connection and server are fine
     kv = KVCache(small_bulk_server.url, "tiny", block_size_tokens=4)
     with pytest.raises(CacheValueError, match="too large") as info:
