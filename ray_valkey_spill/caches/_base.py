@@ -182,6 +182,12 @@ async def amax_value_bytes(client: Any) -> int:
     return limit
 
 
+async def avalue_limit(client: Any, aclient: Any) -> int:
+    """The limit for ``aclient``, a valkey.asyncio client of the same server as ``client``:
+    the sync client's, read at construction, else read once through ``aclient``."""
+    return _bulk_limits.get(id(client)) or await amax_value_bytes(aclient)
+
+
 def check_sizes(payloads: list[bytes], limit_bytes: int, names: list[str]) -> None:
     """CacheValueError listing every payload over the server's limit; nothing is sent then
     (a value over proto-max-bulk-len makes the server drop the connection mid-batch)."""
@@ -304,9 +310,7 @@ class KeyedArrayCache:
         """``_write`` on a valkey.asyncio client: the same single pipeline."""
         if not keys:
             return 0
-        # Same server as the sync client, whose limit was read at construction.
-        limit = _bulk_limits.get(id(self.client)) or await amax_value_bytes(aclient)
-        check_sizes(payloads, limit, names or keys)
+        check_sizes(payloads, await avalue_limit(self.client, aclient), names or keys)
         with backend_errors(f"writing {len(keys)} keys under {self._key_head}"):
             pipe = self._queue_writes(aclient.pipeline(transaction=False), keys, payloads)
             replies = await pipe.execute(raise_on_error=False)

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ._base import (async_client, async_source, backend_errors, check_cache_prefix, check_ttl,
-                    is_cluster, key_part, resolve_client, warn_if_allkeys_policy)
+from ._base import (async_client, async_source, avalue_limit, backend_errors, check_cache_prefix,
+                    check_sizes, check_ttl, is_cluster, key_part, max_value_bytes,
+                    resolve_client, warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError
 from ..errors import BackendUnavailableError, ConfigError
 from ..metrics import CacheMetrics
@@ -70,6 +71,7 @@ class SessionStore:
         self.client = resolve_client(client_or_url)
         self._cluster = is_cluster(self.client)
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
+        max_value_bytes(self.client)  # read once now, not in the first write's round trip
         self.metrics = CacheMetrics("session")  # Ray metrics (no-op outside a connected Ray)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
@@ -100,7 +102,8 @@ class SessionStore:
             CacheValueError: a turn is not JSON-serialisable.
             BackendUnavailableError: the server cannot be reached.
         """
-        turns_key, commands, nbytes = self._append_commands(session_id, turns)
+        turns_key, commands, nbytes = self._append_commands(session_id, turns,
+                                                            max_value_bytes(self.client))
         with backend_errors(f"append to {turns_key}"):
             count = int(self._execute_once(turns_key, commands)[-1])
         self.metrics.bytes_written(nbytes)
@@ -108,20 +111,24 @@ class SessionStore:
 
     async def aappend(self, session_id: str, *turns: Any) -> int:
         """``append`` as a coroutine: one MULTI/EXEC, sent once, on valkey.asyncio."""
-        turns_key, commands, nbytes = self._append_commands(session_id, turns)
-        pool = self._aclient().connection_pool
+        client = self._aclient()
+        turns_key, commands, nbytes = self._append_commands(
+            session_id, turns, await avalue_limit(self.client, client))
+        pool = client.connection_pool
         with backend_errors(f"append to {turns_key}"):
             count = int((await _atransaction_once(pool, turns_key, commands))[-1])
         self.metrics.bytes_written(nbytes)
         return count
 
-    def _append_commands(self, session_id: str, turns: tuple) -> tuple[str, list[tuple], int]:
+    def _append_commands(self, session_id: str, turns: tuple, limit_bytes: int
+                         ) -> tuple[str, list[tuple], int]:
         if not turns:
             raise ConfigError("turns", (), "at least one turn")
         try:
-            encoded = [json.dumps(t, separators=(",", ":")) for t in turns]
+            encoded = [json.dumps(t, separators=(",", ":")).encode() for t in turns]
         except (TypeError, ValueError) as exc:
             raise CacheValueError(f"a session turn must be JSON-serialisable: {exc}") from exc
+        check_sizes(encoded, limit_bytes, [f"turn {i}" for i in range(len(encoded))])
         turns_key, results_key = self._keys(session_id)
         commands = [("RPUSH", turns_key, *encoded), ("LTRIM", turns_key, -self.max_turns, -1),
                     ("EXPIRE", turns_key, self.ttl_seconds),
@@ -232,20 +239,24 @@ class SessionStore:
             CacheValueError: not bytes, not a numeric array and not JSON-serialisable.
             BackendUnavailableError: the server cannot be reached.
         """
-        results_key, pipe, nbytes = self._queue_result(self._pipe(), session_id, name, value)
+        results_key, pipe, nbytes = self._queue_result(self._pipe(), session_id, name, value,
+                                                       max_value_bytes(self.client))
         with backend_errors(f"write {results_key}"):
             pipe.execute()
         self.metrics.bytes_written(nbytes)
 
     async def aset_result(self, session_id: str, name: str, value: Any) -> None:
         """``set_result`` as a coroutine (one MULTI/EXEC)."""
-        results_key, pipe, nbytes = self._queue_result(self._apipe(), session_id, name, value)
+        client = self._aclient()
+        results_key, pipe, nbytes = self._queue_result(
+            client.pipeline(transaction=True), session_id, name, value,
+            await avalue_limit(self.client, client))
         with backend_errors(f"write {results_key}"):
             await pipe.execute()
         self.metrics.bytes_written(nbytes)
 
-    def _queue_result(self, pipe: Any, session_id: str, name: str, value: Any
-                      ) -> tuple[str, Any, int]:
+    def _queue_result(self, pipe: Any, session_id: str, name: str, value: Any,
+                      limit_bytes: int) -> tuple[str, Any, int]:
         if not isinstance(name, str) or not name:
             raise ConfigError("name", name, "a non-empty string")
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -258,6 +269,7 @@ class SessionStore:
             except (TypeError, ValueError) as exc:
                 raise CacheValueError(f"result {name!r} is not bytes, an array or JSON: {exc}") \
                     from exc
+        check_sizes([data], limit_bytes, [f"result {name!r}"])
         turns_key, results_key = self._keys(session_id)
         pipe.hset(results_key, name, data)
         self._expire_both(pipe, turns_key, results_key)

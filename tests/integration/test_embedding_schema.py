@@ -245,3 +245,23 @@ def test_kept_texts_on_a_cluster():
         assert sorted(cache.texts()) == sorted(texts)
         assert cache.delete_many(texts[:50]) == 50
         assert len(list(cache.texts())) == 150
+
+
+def test_too_large_session_values_fail_before_anything_is_sent(small_bulk_server):
+    from ray_valkey_spill import SessionStore
+
+    client = small_bulk_server.client()
+    store = SessionStore(small_bulk_server.url, ttl_seconds=60, prefix=f"session:b{_uid()}:")
+    big = "x" * (1024 * 1024 + 1)
+    before = _commandstats(client)
+    with pytest.raises(CacheValueError, match="turn 1: .*proto-max-bulk-len") as info:
+        store.append("s", "small", big)
+    assert sorted(info.value.failed) == [1]
+    with pytest.raises(CacheValueError, match="result 'blob'"):
+        store.set_result("s", "blob", big.encode())
+    with pytest.raises(CacheValueError, match="turn 0"):
+        asyncio.run(store.aappend("s", big))
+    with pytest.raises(CacheValueError, match="result 'blob'"):
+        asyncio.run(store.aset_result("s", "blob", np.zeros(300_000, np.float32)))
+    assert _commandstats(client) == before
+    assert store.append("s", "small") == 1 and store.last("s", 5) == ["small"]
