@@ -99,7 +99,8 @@ class SessionStore:
         Returns the session's turn count after trimming.
 
         Raises:
-            CacheValueError: a turn is not JSON-serialisable.
+            CacheValueError: a turn is not JSON-serialisable, or larger than the server
+                accepts (``.failed``: index -> reason; nothing was sent).
             BackendUnavailableError: the server cannot be reached.
         """
         turns_key, commands, nbytes = self._append_commands(session_id, turns,
@@ -236,7 +237,8 @@ class SessionStore:
         anything else as JSON. Refreshes the session's TTL.
 
         Raises:
-            CacheValueError: not bytes, not a numeric array and not JSON-serialisable.
+            CacheValueError: not bytes, not a numeric array and not JSON-serialisable, or
+                larger than the server accepts (nothing was sent).
             BackendUnavailableError: the server cannot be reached.
         """
         results_key, pipe, nbytes = self._queue_result(self._pipe(), session_id, name, value,
