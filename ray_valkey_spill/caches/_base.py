@@ -188,9 +188,10 @@ async def avalue_limit(client: Any, aclient: Any) -> int:
     return _bulk_limits.get(id(client)) or await amax_value_bytes(aclient)
 
 
-def check_sizes(payloads: list[bytes], limit_bytes: int, names: list[str]) -> None:
-    """CacheValueError listing every payload over the server's limit; nothing is sent then
-    (a value over proto-max-bulk-len makes the server drop the connection mid-batch)."""
+def check_sizes(payloads: list[bytes], limit_bytes: int, names: Any) -> None:
+    """CacheValueError listing every payload over the server's limit (``names[i]`` describes
+    item i); nothing is sent then: a value over proto-max-bulk-len makes the server drop the
+    connection mid-batch."""
     failed = {i: f"{len(p):,} bytes, more than the server's proto-max-bulk-len of "
                  f"{limit_bytes:,}" for i, p in enumerate(payloads) if len(p) > limit_bytes}
     if failed:
@@ -291,7 +292,7 @@ class KeyedArrayCache:
     _key_head: str
 
     def _write(self, keys: list[str], payloads: list[bytes],
-               names: list[str] | None = None) -> int:
+               names: Any = None) -> int:
         """SET every key with the TTL in one pipeline; an OOM reply drops that entry (it is
         only a cache) and is counted; any other error is raised. Returns how many stored.
 
@@ -306,7 +307,7 @@ class KeyedArrayCache:
         return self._count_writes(replies, payloads)
 
     async def _awrite(self, aclient: Any, keys: list[str], payloads: list[bytes],
-                      names: list[str] | None = None) -> int:
+                      names: Any = None) -> int:
         """``_write`` on a valkey.asyncio client: the same single pipeline."""
         if not keys:
             return 0
@@ -317,8 +318,11 @@ class KeyedArrayCache:
         return self._count_writes(replies, payloads)
 
     def _queue_writes(self, pipe: Any, keys: list[str], payloads: list[bytes]) -> Any:
+        # execute_command, not pipe.set(): set()'s option parsing cost ~5 us per key, a tenth
+        # of a 1000-vector batch's time; the command sent is the same.
+        queue, ttl = pipe.execute_command, self.ttl_seconds
         for key, payload in zip(keys, payloads):
-            pipe.set(key, payload, ex=self.ttl_seconds)
+            queue("SET", key, payload, "EX", ttl)
         self.counters.publish_into(pipe)
         return pipe
 

@@ -66,6 +66,16 @@ def _text_of(label: bytes) -> Text:
     raise CorruptValueError(f"unknown text tag {label[:1]!r}")
 
 
+class _ItemNames:
+    """``names[i]`` is "vector i (text '...')", built only when an error message needs it."""
+
+    def __init__(self, what: str, texts: Sequence[Text]):
+        self.what, self.texts = what, texts
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.what} {i} (text {_short(self.texts[i])})"
+
+
 def _short(text: Text) -> str:
     return repr(text if len(text) <= 40 else text[:37] + ("..." if isinstance(text, str) else b"..."))
 
@@ -245,13 +255,13 @@ class EmbeddingCache(KeyedArrayCache):
         return await self._awrite(self._aclient(), keys, payloads, names)
 
     def _prepare(self, texts: Sequence[Text], vectors: Sequence[Any] | np.ndarray,
-                 what: str = "vector") -> tuple[list[str], list[bytes], list[str]]:
+                 what: str = "vector") -> tuple[list[str], list[bytes], "_ItemNames"]:
         """Keys, encoded payloads and item names, or CacheValueError listing every misfit."""
         if len(texts) != len(vectors):
             raise ConfigError("vectors", f"{len(vectors)} vectors",
                               f"one per text ({len(texts)} texts)")
         coerce, encode, keep = self.schema.coerce, self.codec.encode, self.keep_texts
-        names = [f"{what} {i} (text {_short(t)})" for i, t in enumerate(texts)]
+        names = _ItemNames(what, texts)
         payloads: list[bytes] = []
         failed: dict[int, str] = {}
         for i, (text, vector) in enumerate(zip(texts, vectors)):
