@@ -141,7 +141,7 @@ def test_async_store_methods_do_not_use_the_thread_pool(valkey_url, key_prefixes
     def forbidden(*args, **kwargs):
         raise AssertionError("thread-pool fallback used")
 
-    monkeypatch.setattr(langchain_core.stores, "run_in_executor", forbidden, raising=False)
+    monkeypatch.setattr(langchain_core.stores, "run_in_executor", forbidden)
     monkeypatch.setattr(store.cache, "get_many", forbidden)
     monkeypatch.setattr(store.cache, "put_many", forbidden)
 
@@ -200,9 +200,18 @@ def test_chat_history_ttl_refreshed_on_write_and_clear(valkey_url, valkey_client
     assert history.messages == []
 
 
-def test_chat_history_async(valkey_url, key_prefixes):
+def test_chat_history_async(valkey_url, key_prefixes, monkeypatch):
+    import langchain_core.chat_history
+
     history = ValkeyChatMessageHistory("s2", valkey_url, ttl_seconds=60,
                                        prefix=key_prefixes["session"])
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("thread-pool fallback or sync method used")
+
+    monkeypatch.setattr(langchain_core.chat_history, "run_in_executor", forbidden)
+    for name in ("append", "last", "trim"):
+        monkeypatch.setattr(history.store, name, forbidden)
 
     async def run():
         await history.aadd_messages([HumanMessage("q"), AIMessage("a")])

@@ -95,10 +95,16 @@ def test_a_batch_is_one_mget_one_embed_call_one_pipeline(private_server):
     model.document_cache.clear()
 
 
-def test_async_batch_is_one_mget_one_embed_call_one_pipeline(private_server):
+def test_async_batch_is_one_mget_one_embed_call_one_pipeline(private_server, monkeypatch):
     client = private_server.client()
     inner, model = _model(private_server.url)
     texts = [f"async chunk {i}" for i in range(50)]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a synchronous cache method was used on the async path")
+
+    for name in ("get_many", "put_many", "get_or_compute"):
+        monkeypatch.setattr(model.document_cache, name, forbidden)
 
     async def run():
         await model.aget_text_embedding_batch(texts[:10])
