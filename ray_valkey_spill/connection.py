@@ -3,11 +3,17 @@
 ``connect(url_or_config)`` returns the same client for the same server and user, so an IO
 worker or an inference process never opens more sockets than its busiest user needs. valkey-py
 is imported here only, and lazily, so that importing the package stays cheap.
+
+``connect_async`` is its asyncio twin: a valkey.asyncio connection belongs to the event loop
+that opened it, so there is one pool per event loop per server config, built from the same
+keyword arguments (user, password source, TLS files, timeouts, retries) as the sync client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from typing import Any
 
 from .config import SpillConfig
@@ -15,6 +21,9 @@ from .errors import BackendUnavailableError, ConfigError
 
 _lock = threading.Lock()
 _clients: dict[tuple, Any] = {}
+# event loop -> {pool key -> valkey.asyncio client}; a closed, collected loop drops its pools.
+_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Any]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def _as_config(target: Any, **options: Any) -> SpillConfig:
@@ -39,11 +48,16 @@ def _pool_key(config: SpillConfig) -> tuple:
     return (config.address, tuple(sorted(params.items())))
 
 
-def connection_kwargs(config: SpillConfig) -> dict[str, Any]:
-    """Keyword arguments for a valkey-py client of this config (password resolved now)."""
+def connection_kwargs(config: SpillConfig, *, for_asyncio: bool = False) -> dict[str, Any]:
+    """Keyword arguments for a valkey-py client of this config (password resolved now); with
+    ``for_asyncio`` the Retry is valkey.asyncio's (same backoff, same count)."""
     import valkey
     from valkey.backoff import EqualJitterBackoff
-    from valkey.retry import Retry
+
+    if for_asyncio:
+        from valkey.asyncio.retry import Retry
+    else:
+        from valkey.retry import Retry
 
     a = config.address
     kwargs: dict[str, Any] = dict(
@@ -76,11 +90,18 @@ def connection_kwargs(config: SpillConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _new_client(config: SpillConfig):
-    import valkey
+def _new_client(config: SpillConfig, for_asyncio: bool = False):
+    if for_asyncio:
+        import valkey.asyncio as valkey
+    else:
+        import valkey
 
-    kwargs = connection_kwargs(config)
+    kwargs = connection_kwargs(config, for_asyncio=for_asyncio)
     if config.address.cluster:
+        if for_asyncio:
+            raise ConfigError("url", config.address.display(),
+                              "a standalone server: the async API does not support Valkey "
+                              "Cluster yet (use the synchronous methods)")
         from valkey.cluster import ValkeyCluster
 
         # The cluster client keeps one pool per node; each is bounded the same way.
@@ -118,11 +139,43 @@ def connect(target: Any, **options: Any):
         return client
 
 
+def connect_async(target: Any, **options: Any):
+    """Return the running event loop's shared valkey.asyncio client for ``target`` (a URL or
+    SpillConfig). Call it from a coroutine; creating the client does no I/O.
+
+    Raises:
+        ConfigError: bad options, a cluster URL, or no running event loop.
+        BackendUnavailableError: the client cannot be set up (bad TLS files, ...).
+    """
+    config = _as_config(target, **options)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError as exc:
+        raise ConfigError("event loop", None, "connect_async() called from a coroutine "
+                          "(a running asyncio event loop)") from exc
+    key = _pool_key(config)
+    with _lock:
+        clients = _async_clients.setdefault(loop, {})
+        client = clients.get(key)
+        if client is None:
+            try:
+                client = _new_client(config, for_asyncio=True)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise BackendUnavailableError(
+                    f"cannot set up a client for {config.address.display()}: {exc}") from exc
+            clients[key] = client
+        return client
+
+
 def close_all() -> None:
-    """Close every pooled client (tests and process shutdown)."""
+    """Close every pooled sync client and forget the asyncio ones (their connections belong to
+    their event loops and close with them)."""
     with _lock:
         clients = list(_clients.values())
         _clients.clear()
+        _async_clients.clear()
     for client in clients:
         try:
             client.close()

@@ -58,7 +58,16 @@ class InvalidSpillURLError(RayValkeySpillError, ValueError):
 
 
 class CacheValueError(RayValkeySpillError, TypeError):
-    """A value cannot be stored in a cache (object/structured dtype, unsupported type)."""
+    """A value cannot be stored in a cache (object/structured dtype, unsupported type, a vector
+    that does not fit the cache's declared schema, a value larger than the server accepts).
+
+    ``failed`` maps the index of each refused item of a batch to the reason; a batch with any
+    refused item sends nothing, so the caller can fix or drop those items and retry.
+    """
+
+    def __init__(self, message: str, failed: dict[int, str] | None = None):
+        super().__init__(message)
+        self.failed: dict[int, str] = dict(failed or {})
 
 
 class CorruptValueError(RayValkeySpillError, ValueError):

@@ -3,7 +3,7 @@
 Layout (all integers little-endian)::
 
     magic   1 byte   0xA7
-    flags   1 byte   bit 0: payload is a zstd frame
+    flags   1 byte   bit 0: payload is a zstd frame; bit 1: a label follows the payload
     dlen    1 byte   length of the dtype tag
     ndim    1 byte
     dtype   dlen bytes   numpy's dtype.str ('<f4', '>i2', '<c16', '<M8[ns]') or, for the
@@ -11,6 +11,8 @@ Layout (all integers little-endian)::
                          type's name ('bfloat16', 'float8_e4m3fn')
     shape   ndim x u64
     payload raw bytes of the array (or their zstd frame)
+    label   (bit 1 only) label bytes, then their length as u32: e.g. the text of an embedding,
+            so a cache can list what it holds; readers that want only the array skip it
 
 Why not JSON or pickle: JSON is ~5x larger for float32 and loses float16/bfloat16 exactness;
 pickle of an untrusted reply executes code. Why not .npy: its header is a padded Python-literal
@@ -31,6 +33,8 @@ from ..errors import CacheValueError, ConfigError, CorruptValueError
 
 MAGIC = 0xA7
 FLAG_ZSTD = 0x01
+FLAG_LABEL = 0x02
+_LABEL_LEN = struct.Struct("<I")
 _FIXED = struct.Struct("<BBBB")
 _MAX_NDIM = 32
 # Kinds numpy can rebuild from dtype.str: bool, ints, uints, floats, complex, datetimes.
@@ -178,21 +182,32 @@ class ArrayCodec:
         return (_FIXED.pack(MAGIC, flags, len(tag), array.ndim) + tag
                 + struct.pack(f"<{array.ndim}Q", *array.shape))
 
-    def encode(self, value: Any) -> bytes:
-        """Bytes of ``value`` (numpy array, torch tensor or array-like). Raises CacheValueError."""
+    def encode(self, value: Any, label: bytes | None = None) -> bytes:
+        """Bytes of ``value`` (numpy array, torch tensor or array-like), optionally followed by
+        ``label`` (at most 4 GiB). Raises CacheValueError."""
         array = as_numpy(value)
-        header = self.header(array)  # refuses non-numeric dtypes before touching the data
+        flags = 0 if label is None else FLAG_LABEL
+        header = self.header(array, flags)  # refuses non-numeric dtypes before touching data
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
         payload = memoryview(array.reshape(-1).view(np.uint8)) if array.size else b""
         if self.zstd_level is not None and len(payload) >= MIN_COMPRESS_BYTES:
             packed = _compressor(self.zstd_level).compress(payload)
             if len(packed) < len(payload):
-                return self.header(array, FLAG_ZSTD) + packed
-        return b"".join((header, payload))
+                header, payload = self.header(array, flags | FLAG_ZSTD), packed
+        if label is None:
+            return b"".join((header, payload))
+        return b"".join((header, payload, label, _LABEL_LEN.pack(len(label))))
 
     def decode(self, data: bytes | memoryview) -> np.ndarray:
-        """The array stored in ``data`` (a read-only view when uncompressed).
+        """The array stored in ``data`` (a read-only view when uncompressed); a label is skipped.
+
+        Raises CorruptValueError when the bytes are not a complete, valid encoding.
+        """
+        return self.decode_labelled(data)[0]
+
+    def decode_labelled(self, data: bytes | memoryview) -> tuple[np.ndarray, bytes | None]:
+        """The array stored in ``data`` and its label (None when it was stored without one).
 
         Raises CorruptValueError when the bytes are not a complete, valid encoding.
         """
@@ -200,17 +215,35 @@ class ArrayCodec:
         if last is not None:
             header, dtype, shape, nbytes = last
             n = len(header)
-            if len(data) - n == nbytes and data[:n] == header:
-                return np.frombuffer(data, dtype, offset=n).reshape(shape)
+            if data[:n] == header:
+                end = n + nbytes
+                if not header[1] & FLAG_LABEL:
+                    if len(data) == end:
+                        return np.frombuffer(data, dtype, offset=n).reshape(shape), None
+                elif len(data) >= end + _LABEL_LEN.size and len(data) == (
+                        end + _LABEL_LEN.size + _LABEL_LEN.unpack_from(data, len(data) - 4)[0]):
+                    return (np.frombuffer(data, dtype, count=nbytes // dtype.itemsize,
+                                          offset=n).reshape(shape),
+                            bytes(data[end:len(data) - _LABEL_LEN.size]))
         return self._decode_slow(data)
 
-    def _decode_slow(self, data: bytes | memoryview) -> np.ndarray:
+    def _decode_slow(self, data: bytes | memoryview) -> tuple[np.ndarray, bytes | None]:
         try:
             magic, flags, dlen, ndim = _FIXED.unpack_from(data, 0)
         except (struct.error, TypeError) as exc:
             raise CorruptValueError(f"too short for an array header ({len(data)} bytes)") from exc
-        if magic != MAGIC or flags & ~FLAG_ZSTD or ndim > _MAX_NDIM:
+        if magic != MAGIC or flags & ~(FLAG_ZSTD | FLAG_LABEL) or ndim > _MAX_NDIM:
             raise CorruptValueError("not an encoded array (bad magic, flags or ndim)")
+        label = None
+        if flags & FLAG_LABEL:
+            if len(data) < _FIXED.size + _LABEL_LEN.size:
+                raise CorruptValueError("too short for a labelled array")
+            label_end = len(data) - _LABEL_LEN.size
+            label_start = label_end - _LABEL_LEN.unpack_from(data, label_end)[0]
+            if label_start < _FIXED.size:
+                raise CorruptValueError("label length runs past the array header")
+            label = bytes(data[label_start:label_end])
+            data = memoryview(data)[:label_start]
         offset = _FIXED.size + dlen + 8 * ndim
         if len(data) < offset:
             raise CorruptValueError("truncated array header")
@@ -230,11 +263,11 @@ class ArrayCodec:
                 raise CorruptValueError(f"zstd payload does not decompress: {exc}") from exc
             if len(payload) != nbytes:
                 raise CorruptValueError(f"payload is {len(payload)} bytes, header says {nbytes}")
-            return np.frombuffer(payload, dtype).reshape(shape)
+            return np.frombuffer(payload, dtype).reshape(shape), label
         if len(data) - offset != nbytes:
             raise CorruptValueError(f"payload is {len(data) - offset} bytes, header says {nbytes}")
         self._last = (bytes(data[:offset]), dtype, shape, nbytes)
-        return np.frombuffer(data, dtype, offset=offset).reshape(shape)
+        return np.frombuffer(data, dtype, offset=offset).reshape(shape), label
 
 
 __all__ = ["ArrayCodec", "CacheValueError", "CorruptValueError", "as_numpy"]

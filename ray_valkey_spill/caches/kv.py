@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, backend_errors,
-                    check_cache_prefix, check_ttl, is_cluster, key_part, resolve_client,
-                    warn_if_allkeys_policy)
+                    check_cache_prefix, check_ttl, is_cluster, key_part, max_value_bytes,
+                    resolve_client, warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError, as_numpy
 from ..errors import ConfigError
 from ..prefixes import KV_PREFIX, STATS_SUFFIX
@@ -136,6 +136,7 @@ class KVCache(KeyedArrayCache):
         self.client = resolve_client(client_or_url)
         self._cluster = is_cluster(self.client)
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
+        max_value_bytes(self.client)  # read once now, not in the first batch's round trip
 
     def block_keys(self, tokens: Any) -> list[str]:
         """Keys of every full block of ``tokens``, in order. Raises CacheValueError."""

@@ -15,16 +15,21 @@ it twice: the turns were stored twice while the caller saw success. So an append
 MULTI/EXEC itself, exactly once, on a pooled connection (in a cluster, of the primary that
 holds the session's slot); after a timeout it raises, saying the turns may or may not have
 been stored.
+
+Every method has an ``a``-prefixed coroutine twin on valkey.asyncio (standalone servers) with
+the same commands and round trips; both share the encoding and the command lists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import numpy as np
 
-from ._base import (backend_errors, check_cache_prefix, check_ttl, is_cluster, key_part,
+from ._base import (async_client, async_source, avalue_limit, backend_errors, check_cache_prefix,
+                    check_sizes, check_ttl, is_cluster, key_part, max_value_bytes,
                     resolve_client, warn_if_allkeys_policy)
 from ._values import ArrayCodec, CacheValueError, CorruptValueError
 from ..errors import BackendUnavailableError, ConfigError
@@ -47,32 +52,43 @@ class SessionStore:
         ttl_seconds: inactivity lifetime, refreshed by every write (required, 1 s .. 1 year).
         max_turns: turns kept per session (older ones are trimmed on append).
         prefix: must not overlap ``ray:``, ``emb:`` or ``vllm:kv:``.
+        async_client: a valkey.asyncio client for the ``a*`` methods when ``client_or_url`` is
+            a sync client (with a URL or SpillConfig they get the event loop's shared pool).
 
     Raises:
         ConfigError: a bad option. BackendUnavailableError: no client for a URL.
     """
 
     def __init__(self, client_or_url: Any, *, ttl_seconds: int = DEFAULT_TTL_SECONDS,
-                 max_turns: int = DEFAULT_MAX_TURNS, prefix: str = DEFAULT_PREFIX):
+                 max_turns: int = DEFAULT_MAX_TURNS, prefix: str = DEFAULT_PREFIX,
+                 async_client: Any = None):
         self.prefix = check_cache_prefix("session", prefix)
         self.ttl_seconds = check_ttl("ttl_seconds", ttl_seconds)
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
             raise ConfigError("max_turns", max_turns, "a positive integer")
         self.max_turns = max_turns
         self.codec = ArrayCodec()
+        self._async_source = async_source(client_or_url, async_client)
         self.client = resolve_client(client_or_url)
         self._cluster = is_cluster(self.client)
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
+        max_value_bytes(self.client)  # read once now, not in the first write's round trip
         self.metrics = CacheMetrics("session")  # Ray metrics (no-op outside a connected Ray)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
         base = f"{self.prefix}{{{key_part('session_id', session_id)}}}:"
         return base + "turns", base + "results"
 
+    def _aclient(self):
+        return async_client(self._async_source, "SessionStore")
+
     def _pipe(self):
         # MULTI makes change + expiry atomic; a cluster pipeline cannot MULTI, but both keys
         # share a slot and the EXPIREs are in the same batch.
         return self.client.pipeline(transaction=not self._cluster)
+
+    def _apipe(self):
+        return self._aclient().pipeline(transaction=True)  # the async API is standalone only
 
     def _expire_both(self, pipe, turns_key: str, results_key: str) -> None:
         pipe.expire(turns_key, self.ttl_seconds)
@@ -84,24 +100,42 @@ class SessionStore:
         Returns the session's turn count after trimming.
 
         Raises:
-            CacheValueError: a turn is not JSON-serialisable.
+            CacheValueError: a turn is not JSON-serialisable, or larger than the server
+                accepts (``.failed``: index -> reason; nothing was sent).
             BackendUnavailableError: the server cannot be reached.
         """
+        turns_key, commands, nbytes = self._append_commands(session_id, turns,
+                                                            max_value_bytes(self.client))
+        with backend_errors(f"append to {turns_key}"):
+            count = int(self._execute_once(turns_key, commands)[-1])
+        self.metrics.bytes_written(nbytes)
+        return count
+
+    async def aappend(self, session_id: str, *turns: Any) -> int:
+        """``append`` as a coroutine: one MULTI/EXEC, sent once, on valkey.asyncio."""
+        client = self._aclient()
+        turns_key, commands, nbytes = self._append_commands(
+            session_id, turns, await avalue_limit(self.client, client))
+        pool = client.connection_pool
+        with backend_errors(f"append to {turns_key}"):
+            count = int((await _atransaction_once(pool, turns_key, commands))[-1])
+        self.metrics.bytes_written(nbytes)
+        return count
+
+    def _append_commands(self, session_id: str, turns: tuple, limit_bytes: int
+                         ) -> tuple[str, list[tuple], int]:
         if not turns:
             raise ConfigError("turns", (), "at least one turn")
         try:
-            encoded = [json.dumps(t, separators=(",", ":")) for t in turns]
+            encoded = [json.dumps(t, separators=(",", ":")).encode() for t in turns]
         except (TypeError, ValueError) as exc:
             raise CacheValueError(f"a session turn must be JSON-serialisable: {exc}") from exc
+        check_sizes(encoded, limit_bytes, [f"turn {i}" for i in range(len(encoded))])
         turns_key, results_key = self._keys(session_id)
-
         commands = [("RPUSH", turns_key, *encoded), ("LTRIM", turns_key, -self.max_turns, -1),
                     ("EXPIRE", turns_key, self.ttl_seconds),
                     ("EXPIRE", results_key, self.ttl_seconds), ("LLEN", turns_key)]
-        with backend_errors(f"append to {turns_key}"):
-            count = int(self._execute_once(turns_key, commands)[-1])
-        self.metrics.bytes_written(sum(len(e) for e in encoded))
-        return count
+        return turns_key, commands, sum(len(e) for e in encoded)
 
     def _execute_once(self, turns_key: str, commands: list[tuple]) -> list:
         """Run ``commands`` in one MULTI/EXEC that is never sent twice (module doc); return
@@ -137,57 +171,95 @@ class SessionStore:
         except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError,
                 OSError) as exc:
             conn.disconnect()
-            raise BackendUnavailableError(
-                f"append to {turns_key}: Valkey did not answer in time; the turns may or may "
-                f"not have been stored (not resent, so never stored twice): {exc}") from exc
+            raise _maybe_stored(turns_key, exc) from exc
         except BaseException:
             conn.disconnect()  # a reply error mid-transaction: the connection's state is unknown
             raise
         finally:
             pool.release(conn)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return _checked(replies)
 
     def last(self, session_id: str, n: int) -> list[Any]:
         """The last ``n`` turns, oldest first ([] for an unknown or expired session).
 
         Reading does not refresh the TTL. Raises BackendUnavailableError.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigError("n", n, "a non-negative integer")
-        if n == 0:
+        turns_key = self._last_key(session_id, n)
+        if turns_key is None:
             return []
-        turns_key, _ = self._keys(session_id)
         with backend_errors(f"read {turns_key}"):
             raw = self.client.lrange(turns_key, -n, -1)
+        return self._turns(raw, turns_key)
+
+    async def alast(self, session_id: str, n: int) -> list[Any]:
+        """``last`` as a coroutine (one LRANGE)."""
+        turns_key = self._last_key(session_id, n)
+        if turns_key is None:
+            return []
+        with backend_errors(f"read {turns_key}"):
+            raw = await self._aclient().lrange(turns_key, -n, -1)
+        return self._turns(raw, turns_key)
+
+    def _last_key(self, session_id: str, n: int) -> str | None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError("n", n, "a non-negative integer")
+        return self._keys(session_id)[0] if n else None
+
+    def _turns(self, raw: list[bytes], turns_key: str) -> list[Any]:
         (self.metrics.hit if raw else self.metrics.miss)(1)
         self.metrics.bytes_read(sum(len(item) for item in raw))
         return [_json_value(item, turns_key) for item in raw]
 
     def trim(self, session_id: str, keep_last: int) -> None:
         """Keep only the last ``keep_last`` turns (0 removes them all); refresh the TTL."""
+        turns_key, pipe = self._queue_trim(self._pipe(), session_id, keep_last)
+        with backend_errors(f"trim {turns_key}"):
+            pipe.execute()
+
+    async def atrim(self, session_id: str, keep_last: int) -> None:
+        """``trim`` as a coroutine (one MULTI/EXEC)."""
+        turns_key, pipe = self._queue_trim(self._apipe(), session_id, keep_last)
+        with backend_errors(f"trim {turns_key}"):
+            await pipe.execute()
+
+    def _queue_trim(self, pipe: Any, session_id: str, keep_last: int) -> tuple[str, Any]:
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
             raise ConfigError("keep_last", keep_last, "a non-negative integer")
         turns_key, results_key = self._keys(session_id)
-        with backend_errors(f"trim {turns_key}"):
-            pipe = self._pipe()
-            if keep_last == 0:
-                pipe.unlink(turns_key)
-            else:
-                pipe.ltrim(turns_key, -keep_last, -1)
-            self._expire_both(pipe, turns_key, results_key)
-            pipe.execute()
+        if keep_last == 0:
+            pipe.unlink(turns_key)
+        else:
+            pipe.ltrim(turns_key, -keep_last, -1)
+        self._expire_both(pipe, turns_key, results_key)
+        return turns_key, pipe
 
     def set_result(self, session_id: str, name: str, value: Any) -> None:
         """Store an intermediate result: bytes as is, numpy arrays in the binary array form,
         anything else as JSON. Refreshes the session's TTL.
 
         Raises:
-            CacheValueError: not bytes, not a numeric array and not JSON-serialisable.
+            CacheValueError: not bytes, not a numeric array and not JSON-serialisable, or
+                larger than the server accepts (nothing was sent).
             BackendUnavailableError: the server cannot be reached.
         """
+        results_key, pipe, nbytes = self._queue_result(self._pipe(), session_id, name, value,
+                                                       max_value_bytes(self.client))
+        with backend_errors(f"write {results_key}"):
+            pipe.execute()
+        self.metrics.bytes_written(nbytes)
+
+    async def aset_result(self, session_id: str, name: str, value: Any) -> None:
+        """``set_result`` as a coroutine (one MULTI/EXEC)."""
+        client = self._aclient()
+        results_key, pipe, nbytes = self._queue_result(
+            client.pipeline(transaction=True), session_id, name, value,
+            await avalue_limit(self.client, client))
+        with backend_errors(f"write {results_key}"):
+            await pipe.execute()
+        self.metrics.bytes_written(nbytes)
+
+    def _queue_result(self, pipe: Any, session_id: str, name: str, value: Any,
+                      limit_bytes: int) -> tuple[str, Any, int]:
         if not isinstance(name, str) or not name:
             raise ConfigError("name", name, "a non-empty string")
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -200,13 +272,11 @@ class SessionStore:
             except (TypeError, ValueError) as exc:
                 raise CacheValueError(f"result {name!r} is not bytes, an array or JSON: {exc}") \
                     from exc
+        check_sizes([data], limit_bytes, [f"result {name!r}"])
         turns_key, results_key = self._keys(session_id)
-        with backend_errors(f"write {results_key}"):
-            pipe = self._pipe()
-            pipe.hset(results_key, name, data)
-            self._expire_both(pipe, turns_key, results_key)
-            pipe.execute()
-        self.metrics.bytes_written(len(data))
+        pipe.hset(results_key, name, data)
+        self._expire_both(pipe, turns_key, results_key)
+        return results_key, pipe, len(data)
 
     def get_result(self, session_id: str, name: str) -> Any:
         """An intermediate result, or None if absent/expired.
@@ -218,6 +288,16 @@ class SessionStore:
         _, results_key = self._keys(session_id)
         with backend_errors(f"read {results_key}"):
             data = self.client.hget(results_key, name)
+        return self._result(data, results_key, name)
+
+    async def aget_result(self, session_id: str, name: str) -> Any:
+        """``get_result`` as a coroutine (one HGET)."""
+        _, results_key = self._keys(session_id)
+        with backend_errors(f"read {results_key}"):
+            data = await self._aclient().hget(results_key, name)
+        return self._result(data, results_key, name)
+
+    def _result(self, data: bytes | None, results_key: str, name: str) -> Any:
         if data is None:
             self.metrics.miss(1)
             return None
@@ -240,11 +320,62 @@ class SessionStore:
             self._expire_both(pipe, turns_key, results_key)
             return any(pipe.execute())
 
+    async def atouch(self, session_id: str) -> bool:
+        """``touch`` as a coroutine."""
+        turns_key, results_key = self._keys(session_id)
+        with backend_errors(f"touch {turns_key}"):
+            pipe = self._apipe()
+            self._expire_both(pipe, turns_key, results_key)
+            return any(await pipe.execute())
+
     def delete(self, session_id: str) -> int:
         """Remove a session's turns and results. Returns the number of keys removed."""
         turns_key, results_key = self._keys(session_id)
         with backend_errors(f"delete {turns_key}"):
             return int(self.client.unlink(turns_key, results_key))
+
+    async def adelete(self, session_id: str) -> int:
+        """``delete`` as a coroutine."""
+        turns_key, results_key = self._keys(session_id)
+        with backend_errors(f"delete {turns_key}"):
+            return int(await self._aclient().unlink(turns_key, results_key))
+
+
+async def _atransaction_once(pool: Any, turns_key: str, commands: list[tuple]) -> list:
+    """``SessionStore._transaction_once`` on a valkey.asyncio pool; a cancelled task drops the
+    connection (its reply state is unknown) and, like a timeout, never resends."""
+    import valkey
+
+    conn = await pool.get_connection("MULTI")
+    try:
+        await conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)]),
+                                       check_health=False)
+        for _ in range(len(commands) + 1):
+            await conn.read_response()
+        replies = await conn.read_response()
+    except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError,
+            asyncio.TimeoutError) as exc:
+        await conn.disconnect()
+        raise _maybe_stored(turns_key, exc) from exc
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    return _checked(replies)
+
+
+def _maybe_stored(turns_key: str, exc: BaseException) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"append to {turns_key}: Valkey did not answer in time; the turns may or may not have "
+        f"been stored (not resent, so never stored twice): {exc}")
+
+
+def _checked(replies: list) -> list:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _json_value(data: bytes, where: str) -> Any:

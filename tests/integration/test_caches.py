@@ -101,6 +101,11 @@ def _random_array(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarr
     return raw.view(dt).reshape(shape)
 
 
+def _random_vectors(n: int, dim: int = DIM, dtype: str = "float32", seed: int = 0) -> np.ndarray:
+    """Finite embeddings (an embedding cache refuses NaN and infinities, which random bits hold)."""
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(dtype)
+
+
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
@@ -201,7 +206,7 @@ def test_allkeys_policy_warns_and_noperm_is_tolerated(private_server):
 def test_every_cache_key_has_a_ttl_after_every_method(valkey_url, valkey_client, prefixes):
     emb = EmbeddingCache(valkey_url, "m", ttl_seconds=300, prefix=prefixes["emb"],
                          stats_flush_seconds=0, zstd_level=1)
-    vectors = _random_array("float32", (5, DIM))
+    vectors = _random_vectors(5)
     emb.put_many([f"t{i}" for i in range(5)], vectors)
     emb.put("one", vectors[0])
     emb.put("one", vectors[1])  # overwrite must keep a TTL
@@ -231,12 +236,20 @@ def test_every_cache_key_has_a_ttl_after_every_method(valkey_url, valkey_client,
 
 # --- EmbeddingCache -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", NUMERIC_DTYPES)
+# Before declared schemas this stored every numeric dtype and 0-d, empty and 2-D arrays as
+# "embeddings" (complex, NaN-filled random bits, matrices): exactly the poison the schema now
+# refuses (tests/integration/test_embedding_schema.py). It now covers every embedding dtype.
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "bfloat16", "int8", "uint8"])
 def test_embedding_round_trip_through_server(valkey_url, prefixes, dtype):
-    cache = EmbeddingCache(valkey_url, "m", ttl_seconds=60, prefix=prefixes["emb"])
-    arrays = [_random_array(dtype, s, seed=i) for i, s in enumerate([(), (0,), (DIM,), (2, 3)])]
-    texts = ["zero-d", "empty", "vector", "matrix"]
-    assert cache.put_many(texts, arrays) == 4
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    cache = EmbeddingCache(valkey_url, "m", ttl_seconds=60, prefix=prefixes["emb"], dtype=dtype)
+    if dtype in ("int8", "uint8"):
+        arrays = _random_array(dtype, (3, DIM))
+    else:
+        arrays = _random_vectors(3).astype(cache.schema.dtype)
+    texts = ["a", "b", "c"]
+    assert cache.put_many(texts, arrays) == 3
     for got, want in zip(cache.get_many(texts), arrays):
         assert _same(got, want)
 
@@ -285,7 +298,7 @@ def test_embedding_batches_are_one_round_trip(private_server, monkeypatch):
     client = private_server.client()
     cache = EmbeddingCache(client, f"m{_uid()}", ttl_seconds=60, stats_flush_seconds=None)
     texts = [f"text {i}" for i in range(1000)]
-    vectors = _random_array("float32", (1000, DIM))
+    vectors = _random_vectors(1000)
     trips = _RoundTrips(monkeypatch)
     before = _commandstats(client)
     trips.count = 0

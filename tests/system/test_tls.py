@@ -240,3 +240,25 @@ def test_ray_spills_and_restores_through_tls(tls):
         for k in scan_keys(plain, prefix + "*"):
             plain.unlink(k)
         plain.close()
+
+
+def test_async_clients_verify_like_the_sync_one(tls):
+    """connect_async builds its pool from the same settings: CA, hostname check, client cert."""
+    import asyncio
+
+    import valkey
+
+    from ray_valkey_spill.connection import connect_async
+
+    async def ping(config):
+        return await connect_async(config).ping()
+
+    assert asyncio.run(ping(cfg(tls, "tls", host="localhost", ssl_ca_certs=tls["ca"])))
+    with pytest.raises(valkey.exceptions.ConnectionError, match="(?i)certificate verify failed"):
+        asyncio.run(ping(cfg(tls, "tls", ssl_ca_certs=tls["otherca"])))
+    with pytest.raises(valkey.exceptions.ConnectionError, match="(?i)hostname|match|certificate"):
+        asyncio.run(ping(cfg(tls, "wronghost", ssl_ca_certs=tls["ca"])))
+    with pytest.raises(valkey.exceptions.ConnectionError):
+        asyncio.run(ping(cfg(tls, "mtls", ssl_ca_certs=tls["ca"])))
+    assert asyncio.run(ping(cfg(tls, "mtls", ssl_ca_certs=tls["ca"], ssl_certfile=tls["cert"],
+                                ssl_keyfile=tls["key"])))
