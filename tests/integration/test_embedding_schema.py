@@ -236,7 +236,7 @@ async def _collect(agen) -> list:
 
 
 def test_kept_texts_on_a_cluster():
-    from ray_valkey_spill.embedded_cluster import EmbeddedValkeyCluster
+    from ray_valkey_spill.testing.embedded_cluster import EmbeddedValkeyCluster
 
     with EmbeddedValkeyCluster(primaries=3) as cluster:
         cache = EmbeddingCache(cluster.url, "m", dimension=DIM, ttl_seconds=60, keep_texts=True)
