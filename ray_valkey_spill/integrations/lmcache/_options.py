@@ -60,8 +60,9 @@ class PluginOptions:
                           plugin_name: str) -> "PluginOptions":
         """Read ``remote_storage_plugin.<plugin_name>.*``. Raises ConfigError naming the field."""
         head = f"remote_storage_plugin.{plugin_name}."
+        # Names with a dot belong to another instance of the type ("rvs.b.url" is not ours).
         raw = {k[len(head):]: v for k, v in (extra_config or {}).items()
-               if isinstance(k, str) and k.startswith(head)}
+               if isinstance(k, str) and k.startswith(head) and "." not in k[len(head):]}
         for name in LMCACHE_KEYS:
             raw.pop(name, None)
         known = {"url", "ttl_seconds", "prefix", "read_timeout_s", "write_timeout_s",
