@@ -193,7 +193,7 @@ class SharedValkeyConnector(RemoteConnector):
             return [memoryview(heads[i]), payloads[i]]
 
         results: list[Optional[MemoryObj]] = [None] * len(keys)
-        hits = misses = corrupt = nbytes = 0
+        misses = corrupt = nbytes = 0  # hits were counted by the lookup before the read
         try:
             lengths = get_into(self.client, names, destination,
                                timeout_s=self.options.read_timeout_s)
@@ -211,13 +211,11 @@ class SharedValkeyConnector(RemoteConnector):
                 if payloads[i].nbytes < self.layout.full_bytes:
                     obj = self.reshape_partial_chunk(obj, payloads[i].nbytes)
                 results[i] = obj
-                hits += 1
                 nbytes += lengths[i]
-        except BaseException as exc:
+        except BaseException as exc:  # every chunk is released below, half-written or not
             results = [None] * len(keys)
-            hits, misses = 0, len(keys)
+            misses = len(keys)
             if not _is_outage(exc):
-                self._release(objs)
                 raise
             logger.warning("KV cache read of %d chunks failed, counted as misses: %s",
                            len(keys), exc)

@@ -106,17 +106,24 @@ def test_lmcache_engine_stores_and_retrieves_through_the_plugin(kv_server):
     tokens = torch.arange(5000, 5000 + 6 * CHUNK)
     torch.manual_seed(3)
     kv = torch.randn(2, LAYERS, len(tokens), HEADS * HEAD_DIM).to(torch.bfloat16)
-    engines = []
-    for gpu in (CPUKVConnector(kv.clone()), CPUKVConnector(torch.zeros_like(kv))):
-        config = plugin_config(kv_server.url, ttl_seconds=600, stats_flush_seconds=None)
-        engine = LMCacheEngineBuilder.get_or_create(config.lmcache_instance_id, config,
-                                                    make_metadata(), gpu,
-                                                    lambda t, r: None, lambda o, r: o)
-        engine.post_init()
-        remote = engine.storage_manager.storage_backends["RemoteBackend-rvs"]
-        assert isinstance(remote.connection.getWrappedConnector(), SharedValkeyConnector)
-        engines.append(engine)
-    writer, reader = engines
+    engines, ids = [], []
+    try:
+        for gpu in (CPUKVConnector(kv.clone()), CPUKVConnector(torch.zeros_like(kv))):
+            config = plugin_config(kv_server.url, ttl_seconds=600, stats_flush_seconds=None)
+            ids.append(config.lmcache_instance_id)
+            engine = LMCacheEngineBuilder.get_or_create(ids[-1], config, make_metadata(), gpu,
+                                                        lambda t, r: None, lambda o, r: o)
+            engine.post_init()
+            remote = engine.storage_manager.storage_backends["RemoteBackend-rvs"]
+            assert isinstance(remote.connection.getWrappedConnector(), SharedValkeyConnector)
+            engines.append(engine)
+        _store_and_retrieve(client, tokens, kv, *engines)
+    finally:
+        for instance_id in ids:  # its threads would keep the test process alive
+            LMCacheEngineBuilder.destroy(instance_id)
+
+
+def _store_and_retrieve(client, tokens, kv, writer, reader):
     writer.store(tokens)
     deadline = time.monotonic() + 30
     while len(scan_keys(client, "vllm:kv:*")) < 6:  # puts are asynchronous in LMCache
