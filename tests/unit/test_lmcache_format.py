@@ -65,3 +65,13 @@ def test_options_require_url_and_ttl_and_name_the_bad_field():
     # options of another plug-in instance are not ours
     other = {"remote_storage_plugin.rvs.b.url": "x", **_extra(url="valkey://h:1/0", ttl_seconds=5)}
     assert PluginOptions.from_extra_config(other, "rvs").url == "valkey://h:1/0"
+
+
+def test_importing_the_package_and_the_plugin_module_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, ray_valkey_spill, ray_valkey_spill.caches, "
+            "ray_valkey_spill.integrations, ray_valkey_spill.integrations.lmcache; "
+            "heavy = {'torch', 'lmcache', 'ray'} & set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

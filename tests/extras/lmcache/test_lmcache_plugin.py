@@ -14,19 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
-from lmcache.v1.cache_engine import LMCacheEngineBuilder
-from lmcache.v1.storage_backend.connector import CreateConnector
 
-from ray_valkey_spill import EmbeddedValkey
-from ray_valkey_spill.errors import ConfigError
-from ray_valkey_spill.integrations.lmcache import SharedValkeyConnector
-from ray_valkey_spill.integrations.lmcache._format import HEADER_BYTES
-from ray_valkey_spill.keyspace import scan_keys
+pytest.importorskip("lmcache", reason="needs the lmcache extra: pip install '.[lmcache]'")
 
-from lmcache_support import (CHUNK, HEADS, HEAD_DIM, LAYERS, CPUKVConnector, cache_key, make_metadata,
-                       plugin_config, run)
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from lmcache.v1.cache_engine import LMCacheEngineBuilder  # noqa: E402
+from lmcache.v1.storage_backend.connector import CreateConnector  # noqa: E402
+from lmcache_support import (CHUNK, HEAD_DIM, HEADS, LAYERS, CPUKVConnector,  # noqa: E402
+                             cache_key, make_metadata, plugin_config, run)
+
+from ray_valkey_spill import EmbeddedValkey  # noqa: E402
+from ray_valkey_spill.errors import ConfigError  # noqa: E402
+from ray_valkey_spill.integrations.lmcache import SharedValkeyConnector  # noqa: E402
+from ray_valkey_spill.integrations.lmcache._format import HEADER_BYTES  # noqa: E402
+from ray_valkey_spill.keyspace import scan_keys  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 FULL_SHAPE = torch.Size([2, LAYERS, CHUNK, HEADS * HEAD_DIM])
