@@ -66,13 +66,18 @@ class SharedValkeyConnector(RemoteConnector):
         options: validated ``PluginOptions``.
 
     Raises:
-        ConfigError: a bad option, or a chunk layout this connector cannot describe.
+        ConfigError: a bad option, a chunk layout this connector cannot describe, or a
+            ``remote_serde`` other than ``naive`` (compressed chunks have other shapes).
         BackendUnavailableError: no client can be set up for the URL.
     """
 
     def __init__(self, config: Any, metadata: Any, local_cpu_backend: Any,
                  options: PluginOptions):
         super().__init__(config, metadata)
+        serde = getattr(config, "remote_serde", "naive")
+        if serde not in ("naive", None):
+            raise ConfigError("remote_serde", serde, "'naive' (LMCache's default): chunks are "
+                              "stored as they are and verified against the engine's layout")
         if len(self.meta_shapes) != 1 or len(self.meta_dtypes) != 1:
             raise ConfigError("kv layer groups", len(self.meta_shapes),
                               "one group (models with several KV layer groups are not supported)")
