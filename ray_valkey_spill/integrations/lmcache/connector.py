@@ -67,7 +67,8 @@ class SharedValkeyConnector(RemoteConnector):
 
     Raises:
         ConfigError: a bad option, a chunk layout this connector cannot describe, or a
-            ``remote_serde`` other than ``naive`` (compressed chunks have other shapes).
+            ``remote_serde`` other than ``naive`` (compressed chunks have other shapes), or
+            LMCache's layer-wise mode.
         BackendUnavailableError: no client can be set up for the URL.
     """
 
@@ -78,6 +79,9 @@ class SharedValkeyConnector(RemoteConnector):
         if serde not in ("naive", None):
             raise ConfigError("remote_serde", serde, "'naive' (LMCache's default): chunks are "
                               "stored as they are and verified against the engine's layout")
+        if getattr(config, "use_layerwise", False):
+            raise ConfigError("use_layerwise", True, "false: layer-wise chunks are not supported "
+                              "by this plug-in yet")
         if len(self.meta_shapes) != 1 or len(self.meta_dtypes) != 1:
             raise ConfigError("kv layer groups", len(self.meta_shapes),
                               "one group (models with several KV layer groups are not supported)")

@@ -208,11 +208,12 @@ def test_missing_ttl_and_bad_options_are_config_errors(loop, cpu_backend, kv_ser
         with pytest.raises(ConfigError, match=field):
             CreateConnector("plugin://rvs", loop, cpu_backend, config, make_metadata(),
                             plugin_name="rvs")
-    config = plugin_config(kv_server.url, ttl_seconds=60)
-    config.remote_serde = "cachegen"
-    with pytest.raises(ConfigError, match="remote_serde"):
-        CreateConnector("plugin://rvs", loop, cpu_backend, config, make_metadata(),
-                        plugin_name="rvs")
+    for field, value in (("remote_serde", "cachegen"), ("use_layerwise", True)):
+        config = plugin_config(kv_server.url, ttl_seconds=60)
+        setattr(config, field, value)
+        with pytest.raises(ConfigError, match=field):
+            CreateConnector("plugin://rvs", loop, cpu_backend, config, make_metadata(),
+                            plugin_name="rvs")
     for url in ("valkey://:secret@127.0.0.1:1/0", "valkey+cluster://127.0.0.1:1"):
         with pytest.raises(ConfigError, match="url") as info:
             CreateConnector("plugin://rvs", loop, cpu_backend,
