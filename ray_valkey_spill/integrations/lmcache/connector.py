@@ -416,16 +416,19 @@ class SharedValkeyConnector(RemoteConnector):
         return True
 
     async def ping(self) -> int:
-        """0 if the server answers PING within read_timeout_s, else 1."""
+        """0 if the server answers PING within read_timeout_s; else LMCache's error codes:
+        -1 (timeout), -2 (any other failure). LMCache's health monitor calls this."""
         future = self._submit(self.client.ping)
         if future is None:
-            return 1
+            return -1  # every I/O thread is waiting on the server
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                    self.options.read_timeout_s)
             return 0
+        except asyncio.TimeoutError:
+            return -1
         except Exception:
-            return 1
+            return -2
 
     async def close(self) -> None:
         """Stop the I/O threads (queued work finishes); the shared client stays open for the

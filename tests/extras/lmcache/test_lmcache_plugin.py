@@ -287,6 +287,9 @@ def test_paused_or_unreachable_server_reads_are_misses_within_the_bound(loop, cp
                     took = time.monotonic() - start
                     assert took < bound + 0.5, (name, took)
                     assert result in (None, 0, False, [], [None] * 3), (name, result)
+            start = time.monotonic()
+            assert run(loop, wrapped.ping()) == -1  # LMCache's health monitor sees it
+            assert time.monotonic() - start < bound + 0.5
         finally:
             server.resume()
         deadline = time.monotonic() + 10
@@ -297,6 +300,7 @@ def test_paused_or_unreachable_server_reads_are_misses_within_the_bound(loop, cp
         assert all(g is not None for g in got)
         for g in got:
             g.ref_count_down()
+        assert run(loop, wrapped.ping()) == 0
     # nothing listens any more: misses at once
     start = time.monotonic()
     assert run(loop, wrapped.batched_get(keys)) == [None] * 3
