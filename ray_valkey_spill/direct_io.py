@@ -171,6 +171,28 @@ def set_from(client, items: Sequence[tuple[str, object]]) -> None:
         raise error
 
 
+def exists_many(client, keys: Sequence[str], *, timeout_s: float | None = None) -> list[bool]:
+    """Pipeline ``EXISTS key`` for every key (one send, one read of the replies); returns
+    whether each exists. ``timeout_s`` bounds each socket call (default: the pool's).
+    Raises ServerReplyError for an error reply (e.g. NOPERM). Standalone clients only."""
+    out: list[bool] = []
+    error: Exception | None = None
+    with _stream(client, "EXISTS", timeout_s) as (conn, reader):
+        conn.send_packed_command(conn.pack_commands([("EXISTS", k) for k in keys]))
+        for _ in keys:
+            line = reader.line()
+            if line[:1] == b":":
+                out.append(line != b":0")
+            elif line[:1] == b"-":
+                error = error or ServerReplyError(line[1:].decode(errors="replace"))
+                out.append(False)
+            else:
+                raise ConnectionError(f"unexpected reply to EXISTS: {line[:40]!r}")
+    if error is not None:
+        raise error
+    return out
+
+
 def get_into(client, keys: Sequence[str],
              destination: Callable[[int, int], object], *,
              timeout_s: float | None = None) -> list[int | None]:

@@ -1,5 +1,6 @@
 """direct_io's batch forms used by the LMCache plug-in, against real servers: SET ... EX with a
-value sent as several buffers, one error reply per item, scatter reads, a per-exchange timeout."""
+value sent as several buffers, one error reply per item, scatter reads, EXISTS pipelines, a
+per-exchange timeout."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.connection import connect
-from ray_valkey_spill.direct_io import get_into, set_many
+from ray_valkey_spill.direct_io import exists_many, get_into, set_many
 
 
 def test_set_many_with_ttl_and_gathered_values(valkey_url, valkey_client, spill_prefix):
@@ -50,12 +51,22 @@ def test_one_error_reply_per_item_and_a_bounded_wait(monkeypatch):
                           ex_seconds=60)
         assert errors[0] is None and errors[2] is None and str(errors[1]).startswith("NOPERM")
         assert client.get("ok:a") == b"x" and client.get("ok:c") == b"z"
-        server.pause()
-        try:
-            start = time.monotonic()
-            with pytest.raises(TimeoutError):
-                get_into(client, ["ok:a"], lambda i, n: memoryview(bytearray(n)), timeout_s=0.3)
-            assert time.monotonic() - start < 1.5
-        finally:
-            server.resume()
+        assert exists_many(client, ["ok:a", "ok:zz", "ok:c"]) == [True, False, True]
+        with pytest.raises(Exception, match="NOPERM"):
+            exists_many(client, ["ok:a", "no:x"])
+        assert exists_many(client, ["ok:a"]) == [True]  # the connection stayed in step
+        # a paused server: each exchange on a connected connection gives up after timeout_s
+        # (a NEW connection's handshake is bounded by the pool's socket_timeout_s instead)
+        for call in (lambda: exists_many(client, ["ok:a"], timeout_s=0.3),
+                     lambda: get_into(client, ["ok:a"], lambda i, n: memoryview(bytearray(n)),
+                                      timeout_s=0.3)):
+            assert client.get("ok:a") == b"x"  # a connected connection in the pool
+            server.pause()
+            try:
+                start = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    call()
+                assert time.monotonic() - start < 1.5
+            finally:
+                server.resume()
         assert client.get("ok:a") == b"x"

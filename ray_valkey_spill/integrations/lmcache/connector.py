@@ -28,7 +28,7 @@ from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from ...caches._base import STATS_SUFFIX, Counters, backend_errors, warn_if_allkeys_policy
 from ...connection import connect
-from ...direct_io import get_into, set_many
+from ...direct_io import exists_many, get_into, set_many
 from ...errors import BackendUnavailableError, ConfigError, ServerReplyError
 from ...keyspace import scan_keys
 from ._format import HEADER_BYTES, ChunkLayout, check, escape_key, header, unescape_key
@@ -241,14 +241,13 @@ class SharedValkeyConnector(RemoteConnector):
         return results
 
     def _leading_sync(self, keys: List[CacheEngineKey]) -> int:
-        """How many of ``keys``, from the first, exist: one pipeline of EXISTS."""
+        """How many of ``keys``, from the first, exist: one pipeline of EXISTS, each socket
+        call bounded by read_timeout_s (the thread is free again soon after a timeout)."""
         if not keys:
             return 0
         with backend_errors(f"looking up {len(keys)} KV chunks under {self.prefix}"):
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.exists(self.key_of(key))
-            replies = pipe.execute()
+            replies = exists_many(self.client, [self.key_of(k) for k in keys],
+                                  timeout_s=self.options.read_timeout_s)
         leading = 0
         for present in replies:
             if not present:
