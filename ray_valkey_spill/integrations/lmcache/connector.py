@@ -29,7 +29,7 @@ from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 from ...caches._base import STATS_SUFFIX, Counters, backend_errors, warn_if_allkeys_policy
 from ...connection import connect
 from ...direct_io import exists_many, get_into, set_many
-from ...errors import BackendUnavailableError, ConfigError, ServerReplyError
+from ...errors import BackendUnavailableError, ConfigError
 from ...keyspace import scan_keys
 from ._format import HEADER_BYTES, ChunkLayout, check, escape_key, header, unescape_key
 from ._options import PluginOptions
