@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 from .errors import ServerReplyError
 
 _HEADER_READ = 256  # bytes asked for when only a reply header (e.g. b"$4194304\r\n") is due
+_SKIP_READ = 1 << 20  # bytes per read when discarding a reply
 
 
 class _Reader:
@@ -55,9 +56,16 @@ class _Reader:
             pos += n
 
     def skip(self, n: int) -> None:
-        while len(self._pending) < n:
-            self._fill()
-        del self._pending[:n]
+        """Discard the next n bytes (a reply nobody wants), in large reads, keeping none."""
+        have = min(len(self._pending), n)
+        del self._pending[:have]
+        n -= have
+        scratch = bytearray(min(n, _SKIP_READ)) if n else None
+        while n:
+            got = self._sock.recv_into(scratch, min(n, len(scratch)))
+            if not got:
+                raise ConnectionError("server closed the connection mid-reply")
+            n -= got
 
     @property
     def clean(self) -> bool:
@@ -65,10 +73,13 @@ class _Reader:
 
 
 @contextmanager
-def _stream(client, command: str) -> Iterator[tuple[object, "_Reader"]]:
+def _stream(client, command: str,
+            timeout_s: float | None = None) -> Iterator[tuple[object, "_Reader"]]:
     """A pooled connection, connected and with nothing unread in valkey-py's buffer, and a
     reader on its socket. It goes back to the pool only if every reply was consumed exactly;
-    after any error it is disconnected, so a half-read reply never reaches the next user."""
+    after any error it is disconnected, so a half-read reply never reaches the next user.
+    ``timeout_s`` bounds each socket call of this exchange instead of the pool's
+    ``socket_timeout`` (a caller with a latency budget, e.g. a KV-cache read)."""
     pool = client.connection_pool
     conn = pool.get_connection(command)
     reader = None
@@ -79,8 +90,12 @@ def _stream(client, command: str) -> Iterator[tuple[object, "_Reader"]]:
         if parser_buffer is not None and parser_buffer.unread_bytes():
             conn.disconnect()  # leftovers from an aborted command: start clean
             conn.connect()
+        if timeout_s is not None:
+            conn._sock.settimeout(timeout_s)
         reader = _Reader(conn._sock)
         yield conn, reader
+        if timeout_s is not None:
+            conn._sock.settimeout(conn.socket_timeout)
     except BaseException:
         reader = None
         raise
@@ -110,38 +125,86 @@ def send_all(sock, parts: list) -> None:
                 pending[0] = pending[0][sent:]
 
 
+def _set_command(key: str, value, ex_seconds: int | None) -> list:
+    """The RESP parts of one SET; ``value`` is a buffer or a sequence of buffers sent one
+    after the other as a single value (e.g. a small header and a large payload, no join)."""
+    k = key.encode()
+    parts = value if isinstance(value, (list, tuple)) else (value,)
+    n = sum(memoryview(p).nbytes for p in parts)
+    head = b"*%d\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (
+        3 if ex_seconds is None else 5, len(k), k, n)
+    if ex_seconds is None:
+        return [head, *parts, b"\r\n"]
+    ttl = b"%d" % ex_seconds
+    return [head, *parts, b"\r\n$2\r\nEX\r\n$%d\r\n%s\r\n" % (len(ttl), ttl)]
+
+
+def set_many(client, items: Sequence[tuple[str, object]], *, ex_seconds: int | None = None,
+             timeout_s: float | None = None) -> list[ServerReplyError | None]:
+    """Pipeline ``SET key value [EX ex_seconds]`` for every (key, value) pair, values sent
+    from the caller's buffers as they are (a value may be a sequence of buffers). Returns,
+    per item, None or the error reply the server gave it (e.g. OOM); every reply is read, so
+    the connection stays usable. Standalone clients only."""
+    parts: list = []
+    for key, value in items:
+        parts += _set_command(key, value, ex_seconds)
+    errors: list[ServerReplyError | None] = []
+    with _stream(client, "SET", timeout_s) as (conn, reader):
+        send_all(conn._sock, parts)
+        for _ in items:
+            line = reader.line()
+            if line[:1] == b"-":
+                errors.append(ServerReplyError(line[1:].decode(errors="replace")))
+            elif line == b"+OK":
+                errors.append(None)
+            else:
+                raise ConnectionError(f"unexpected reply to SET: {line[:40]!r}")
+    return errors
+
+
 def set_from(client, items: Sequence[tuple[str, object]]) -> None:
     """Pipeline ``SET key value`` for every (key, buffer) pair; values are sent from the
     caller's buffers as they are. Raises ServerReplyError for the first error reply (e.g. OOM).
     Standalone clients only."""
-    parts: list = []
-    for key, value in items:
-        k = key.encode()
-        parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(k), k, len(value)))
-        parts.append(value)
-        parts.append(b"\r\n")
-    with _stream(client, "SET") as (conn, reader):
-        send_all(conn._sock, parts)
-        error: Exception | None = None
-        for _ in items:
-            line = reader.line()
-            if line[:1] == b"-":
-                error = error or ServerReplyError(line[1:].decode(errors="replace"))
-            elif line != b"+OK":
-                raise ConnectionError(f"unexpected reply to SET: {line[:40]!r}")
+    error = next((e for e in set_many(client, items) if e is not None), None)
     if error is not None:
         raise error
 
 
+def exists_many(client, keys: Sequence[str], *, timeout_s: float | None = None) -> list[bool]:
+    """Pipeline ``EXISTS key`` for every key (one send, one read of the replies); returns
+    whether each exists. ``timeout_s`` bounds each socket call (default: the pool's).
+    Raises ServerReplyError for an error reply (e.g. NOPERM). Standalone clients only."""
+    out: list[bool] = []
+    error: Exception | None = None
+    with _stream(client, "EXISTS", timeout_s) as (conn, reader):
+        conn.send_packed_command(conn.pack_commands([("EXISTS", k) for k in keys]))
+        for _ in keys:
+            line = reader.line()
+            if line[:1] == b":":
+                out.append(line != b":0")
+            elif line[:1] == b"-":
+                error = error or ServerReplyError(line[1:].decode(errors="replace"))
+                out.append(False)
+            else:
+                raise ConnectionError(f"unexpected reply to EXISTS: {line[:40]!r}")
+    if error is not None:
+        raise error
+    return out
+
+
 def get_into(client, keys: Sequence[str],
-             destination: Callable[[int, int], memoryview | None]) -> list[int | None]:
+             destination: Callable[[int, int], object], *,
+             timeout_s: float | None = None) -> list[int | None]:
     """Pipeline ``GET key`` for every key; reply i of length n is written into
-    ``destination(i, n)`` (which returns a writable view of exactly n bytes, or None to
-    discard). Returns each reply's length, None for a missing key. Standalone clients only.
+    ``destination(i, n)``, which returns a writable view of exactly n bytes, a sequence of
+    views whose lengths add up to n (scatter: e.g. a header buffer, then the payload's own
+    buffer), or None to discard the reply. Returns each reply's length, None for a missing
+    key. ``timeout_s`` bounds each socket call (default: the pool's). Standalone clients only.
     """
     lengths: list[int | None] = []
     error: Exception | None = None
-    with _stream(client, "GET") as (conn, reader):
+    with _stream(client, "GET", timeout_s) as (conn, reader):
         conn.send_packed_command(conn.pack_commands([("GET", k) for k in keys]))
         for i in range(len(keys)):
             head = reader.line()
@@ -154,7 +217,8 @@ def get_into(client, keys: Sequence[str],
                 if target is None:
                     reader.skip(n + 2)
                 else:
-                    reader.into(target)
+                    for view in (target if isinstance(target, (list, tuple)) else (target,)):
+                        reader.into(view)
                     reader.skip(2)
                 lengths.append(n)
             elif head[:1] == b"-":

@@ -249,7 +249,7 @@ class ArrayCodec:
             raise CorruptValueError("truncated array header")
         try:
             dtype = _dtype_from_tag(bytes(data[_FIXED.size:_FIXED.size + dlen]))
-        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        except (TypeError, ValueError, UnicodeDecodeError, ImportError) as exc:  # ml_dtypes absent
             raise CorruptValueError(f"unknown dtype tag in header: {exc}") from exc
         shape = struct.unpack_from(f"<{ndim}Q", data, _FIXED.size + dlen)
         count = 1

@@ -1,11 +1,23 @@
-"""KVCache: attention KV blocks of token prefixes, addressed the way vLLM and LMCache do.
+"""KVCache: attention KV blocks of token prefixes, in the shared Valkey under ``vllm:kv:``.
 
 A sequence is cut into fixed-size token blocks; only full blocks are cached. Block ``i`` is keyed
 by a chained prefix hash ``h_i = sha256(h_{i-1} || tokens_i [|| extra keys on block 0])``
 starting from a fixed ``NONE_HASH``, so a block's key names the whole prefix before it, and two
 processes (or machines) compute the same key. Python's ``hash()`` is salted per process and is
-never used. The extra keys (model, LoRA id, cache salt, block size, user extras such as the
-tensor-parallel rank) go into the first block and therefore, through the chain, into every key.
+never used. The extra keys (model, LoRA id, cache salt, block size, the declared KV layout and
+tensor-parallel rank, user extras) go into the first block and therefore, through the chain,
+into every key.
+
+This hash is this package's own, NOT vLLM's: vLLM hashes a pickle or CBOR serialisation of
+``(parent, token ids, extra keys)`` from a ``NONE_HASH`` seeded by ``PYTHONHASHSEED``, and its
+extra-key rules change between releases. ``KVCache`` therefore does not share blocks with vLLM
+or LMCache; vLLM's KV offload reaches this Valkey through the LMCache plug-in
+(``ray_valkey_spill.integrations.lmcache``), which keys chunks by LMCache's own keys.
+
+The KV layout (``block_shape``, ``dtype``, ``tp_rank`` of ``tp_size``) is part of the key, so
+blocks of another layout, dtype or rank never collide; declared, it is also enforced: ``put``
+of a block of another shape or dtype is a ``CacheValueError`` and a stored value of another
+layout is a (counted) miss.
 
 One value per block holds all layers (LMCache's lesson: two keys per chunk get orphaned by
 eviction and double the round trips). Blocks of ~1-4 MB are the sweet spot for throughput.
@@ -18,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import struct
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,7 +38,8 @@ import numpy as np
 from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, backend_errors,
                     check_cache_prefix, check_ttl, is_cluster, key_part, max_value_bytes,
                     resolve_client, warn_if_allkeys_policy)
-from ._values import ArrayCodec, CacheValueError, CorruptValueError, as_numpy
+from ._values import (_FIXED, FLAG_ZSTD, MAGIC, ArrayCodec, CacheValueError, CorruptValueError,
+                      _dtype_from_tag, _dtype_tag, as_numpy)
 from ..errors import ConfigError
 from ..prefixes import KV_PREFIX, STATS_SUFFIX
 
@@ -34,8 +48,9 @@ logger = logging.getLogger("ray_valkey_spill")
 DEFAULT_PREFIX = KV_PREFIX
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_BLOCK_SIZE_TOKENS = 16
-# The chain's root. Any fixed value works; it is versioned so a format change changes all keys.
-NONE_HASH = hashlib.sha256(b"ray-valkey-spill/kv-block-hash/v1").digest()
+# The chain's root. Any fixed value works; it is versioned so a format change changes all keys
+# (v2: the KV layout and tensor-parallel rank joined the extra keys).
+NONE_HASH = hashlib.sha256(b"ray-valkey-spill/kv-block-hash/v2").digest()
 
 
 def _token_bytes(tokens: Any) -> np.ndarray:
@@ -48,11 +63,85 @@ def _token_bytes(tokens: Any) -> np.ndarray:
 
 
 def extra_keys_bytes(model: str, lora_id: str | None, cache_salt: str | None,
-                     block_size_tokens: int, extra_keys: Sequence[str] = ()) -> bytes:
+                     block_size_tokens: int, extra_keys: Sequence[str] = (),
+                     layout: "KVLayout | None" = None) -> bytes:
     """The canonical bytes of the extra keys mixed into the first block's hash."""
-    fields = [model, lora_id, cache_salt, block_size_tokens, list(extra_keys)]
+    layout = layout or KVLayout()
+    fields = [model, lora_id, cache_salt, block_size_tokens, list(extra_keys),
+              [None if layout.block_shape is None else list(layout.block_shape), layout.dtype,
+               layout.tp_rank, layout.tp_size]]
     text = json.dumps(fields, ensure_ascii=True, separators=(",", ":"))
     return len(text).to_bytes(4, "little") + text.encode("ascii")
+
+
+class KVLayout:
+    """The KV layout of one cache's blocks: shape and dtype of one block (``None``: not
+    declared, any block is accepted) and the tensor-parallel rank that produced it.
+
+    Raises ConfigError for a bad shape, an unknown dtype or a rank outside ``0..tp_size-1``.
+    """
+
+    __slots__ = ("block_shape", "dtype", "tp_rank", "tp_size", "_headers")
+
+    def __init__(self, block_shape: Sequence[int] | None = None, dtype: str | None = None,
+                 tp_rank: int = 0, tp_size: int = 1):
+        if block_shape is not None:
+            if isinstance(block_shape, (str, bytes)) or not 1 <= len(block_shape) <= 32 or any(
+                    isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in block_shape):
+                raise ConfigError("block_shape", block_shape,
+                                  "None or a tuple of 1 to 32 positive integers, e.g. "
+                                  "(layers, 2, block tokens, kv heads, head dim)")
+            block_shape = tuple(block_shape)
+        if dtype is not None:
+            dtype = _canonical_dtype(dtype)
+        for field, value, lo in (("tp_size", tp_size, 1), ("tp_rank", tp_rank, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(field, value, f"an integer >= {lo}")
+        if tp_rank >= tp_size:
+            raise ConfigError("tp_rank", tp_rank, f"0 to tp_size - 1 ({tp_size - 1})")
+        self.block_shape = block_shape
+        self.dtype = dtype
+        self.tp_rank = tp_rank
+        self.tp_size = tp_size
+        # A stored block fits when its value starts with one of these array headers.
+        self._headers = None
+        if block_shape is not None and dtype is not None:
+            tag = dtype.encode()
+            dims = struct.pack(f"<{len(block_shape)}Q", *block_shape)
+            self._headers = tuple(_FIXED.pack(MAGIC, flags, len(tag), len(block_shape)) + tag
+                                  + dims for flags in (0, FLAG_ZSTD))
+
+    def check_block(self, index: int, array: np.ndarray) -> None:
+        """Raise CacheValueError if ``array`` is not a block of this layout."""
+        shape_ok = self.block_shape is None or tuple(array.shape) == self.block_shape
+        dtype_ok = self.dtype is None or _dtype_tag(array).decode() == self.dtype
+        if not (shape_ok and dtype_ok):
+            raise CacheValueError(
+                f"block {index} has shape {tuple(array.shape)} dtype "
+                f"{_dtype_tag(array).decode()}; this cache holds blocks of shape "
+                f"{self.block_shape or 'any'} dtype {self.dtype or 'any'} (tensor-parallel rank "
+                f"{self.tp_rank} of {self.tp_size})")
+
+    def fits(self, value: bytes | memoryview) -> bool:
+        """Whether a stored value's header describes a block of this layout (cheap prefix
+        test when both shape and dtype are declared; else True, left to decoding)."""
+        if self._headers is None:
+            return True
+        n = len(self._headers[0])
+        return bytes(value[:n]) in self._headers
+
+
+def _canonical_dtype(name: Any) -> str:
+    """The codec's tag for a dtype name ('bfloat16', '<f2', 'float16' -> '<f2', ...)."""
+    if isinstance(name, str) and name == "bfloat16":
+        return name
+    try:
+        dtype = _dtype_from_tag(name.encode()) if isinstance(name, str) else np.dtype(name)
+        return _dtype_tag(np.empty(0, dtype)).decode()
+    except (CorruptValueError, CacheValueError, TypeError, ValueError, AttributeError,
+            ImportError):
+        raise ConfigError("dtype", name, "None or a numeric dtype name such as 'bfloat16', "
+                          "'float16', 'float32' or 'float8_e4m3fn'") from None
 
 
 def block_hashes(tokens: Any, block_size_tokens: int, extra: bytes) -> list[bytes]:
@@ -100,7 +189,11 @@ class KVCache(KeyedArrayCache):
         model: model name; part of every key and of the hash chain.
         block_size_tokens: tokens per block (vLLM's default is 16).
         ttl_seconds: lifetime of every block (default 3600).
-        lora_id, cache_salt, extra_keys: further hash inputs (e.g. ``("tp=2", "rank=0")``).
+        lora_id, cache_salt, extra_keys: further hash inputs.
+        block_shape, dtype: the layout of one block, e.g. ``(layers, 2, block_size_tokens,
+            kv_heads, head_dim)`` and ``"bfloat16"``; part of every key, and enforced on put
+            and get when declared (None: not declared, any block is accepted).
+        tp_rank, tp_size: the tensor-parallel rank whose KV shard this cache holds.
         prefix: key prefix; must not overlap ``ray:``, ``emb:`` or ``session:``.
         zstd_level: None (default; bf16 KV gains <= 1.4x losslessly) or a zstd level.
         stats_flush_seconds: see EmbeddingCache.
@@ -113,6 +206,8 @@ class KVCache(KeyedArrayCache):
                  block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS,
                  ttl_seconds: int = DEFAULT_TTL_SECONDS, lora_id: str | None = None,
                  cache_salt: str | None = None, extra_keys: Sequence[str] = (),
+                 block_shape: Sequence[int] | None = None, dtype: str | None = None,
+                 tp_rank: int = 0, tp_size: int = 1,
                  prefix: str = DEFAULT_PREFIX, zstd_level: int | None = None,
                  stats_flush_seconds: float | None = DEFAULT_STATS_FLUSH_SECONDS):
         self.prefix = check_cache_prefix("vllm_kv", prefix)
@@ -128,8 +223,9 @@ class KVCache(KeyedArrayCache):
         self.block_size_tokens = block_size_tokens
         self.ttl_seconds = check_ttl("ttl_seconds", ttl_seconds)
         self._key_head = f"{self.prefix}{key_part('model', model)}:"
+        self.layout = KVLayout(block_shape, dtype, tp_rank, tp_size)
         self._extra = extra_keys_bytes(model, lora_id, cache_salt, block_size_tokens,
-                                       tuple(extra_keys))
+                                       tuple(extra_keys), self.layout)
         self.codec = ArrayCodec(zstd_level)
         self.counters = Counters(self.prefix + STATS_SUFFIX, stats_flush_seconds,
                                  cache="vllm_kv")
@@ -152,7 +248,7 @@ class KVCache(KeyedArrayCache):
 
         Raises:
             ConfigError: more blocks than ``tokens`` has full blocks.
-            CacheValueError: a block is not a numeric array.
+            CacheValueError: a block is not a numeric array, or not of the declared layout.
             BackendUnavailableError: the server cannot be reached.
         """
         if not isinstance(blocks, (list, tuple)):
@@ -163,7 +259,10 @@ class KVCache(KeyedArrayCache):
                               f"at most one per full {self.block_size_tokens}-token block "
                               f"({len(keys)})")
         keys = keys[:len(blocks)]
-        payloads = [self.codec.encode(b) for b in blocks]
+        arrays = [as_numpy(b) for b in blocks]
+        for i, array in enumerate(arrays):
+            self.layout.check_block(i, array)
+        payloads = [self.codec.encode(a) for a in arrays]
         return self._write(keys, payloads)
 
     def lookup(self, tokens: Any) -> int:
@@ -218,6 +317,10 @@ class KVCache(KeyedArrayCache):
             if raw is None:
                 break
             nbytes += len(raw)
+            if not self.layout.fits(raw):
+                self.counters.add(corrupt=1)
+                logger.warning("KV cache: block at %s is not of the declared layout: a miss", key)
+                break
             try:
                 out.append(self.codec.decode(raw))
             except CorruptValueError as exc:

@@ -1,4 +1,6 @@
-"""Adapters that let ML frameworks call the caches: ``langchain`` (embedding store, chat
-history) and ``llamaindex`` (batched embedding wrapper). Each needs its optional extra
-(``pip install 'ray-valkey-spill[langchain]'``); importing this package imports none of them.
+"""Adapters that plug the shared Valkey into ML frameworks, each behind an optional extra.
+
+``lmcache`` (vLLM KV offload through LMCache: ``pip install 'ray-valkey-spill[lmcache]'``),
+``langchain`` (embedding store, chat history) and ``llamaindex`` (batched embedding wrapper).
+Nothing here is imported by ``import ray_valkey_spill``; each sub-module imports its framework.
 """
