@@ -26,11 +26,12 @@ from lmcache.utils import CacheEngineKey
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from ...caches._base import STATS_SUFFIX, Counters, backend_errors, warn_if_allkeys_policy
+from ...caches._base import Counters, backend_errors, warn_if_allkeys_policy
 from ...connection import connect
 from ...direct_io import exists_many, get_into, set_many
 from ...errors import BackendUnavailableError, ConfigError
 from ...keyspace import scan_keys
+from ...prefixes import STATS_SUFFIX
 from ._format import HEADER_BYTES, ChunkLayout, check, escape_key, header, unescape_key
 from ._options import PluginOptions
 
