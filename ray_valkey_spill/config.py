@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .prefixes import validate_prefix
+from .prefixes import SPILL_PREFIX, validate_prefix
 
 MiB = 1024 * 1024
 MIN_CHUNK_SIZE_BYTES = 64 * 1024
@@ -109,7 +109,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("url", None, lambda f, v: v, "Server URL: `valkey://`, `valkeys://`, `redis://`, "
            "`rediss://`, `unix://`, `valkey+cluster://`, `valkeys+cluster://`. No password in it."),
-    Option("prefix", "ray:", _prefix, "Key prefix of spilled objects; must not overlap "
+    Option("prefix", SPILL_PREFIX, _prefix, "Key prefix of spilled objects; must not overlap "
            "`emb:`, `vllm:kv:`, `session:`."),
     Option("username", None, _optional_str, "ACL user (also allowed in the URL)."),
     Option("password_env", None, _env_name, "Name of the environment variable holding the "

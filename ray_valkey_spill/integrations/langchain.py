@@ -31,6 +31,7 @@ from ..caches import EmbeddingCache, SessionStore
 from ..caches.embedding import DEFAULT_TTL_SECONDS
 from ..caches.session import DEFAULT_TTL_SECONDS as SESSION_TTL_SECONDS
 from ..errors import ConfigError
+from ..prefixes import SESSION_PREFIX
 
 __all__ = ["ValkeyChatMessageHistory", "ValkeyEmbeddingStore"]
 
@@ -123,7 +124,7 @@ class ValkeyChatMessageHistory(BaseChatMessageHistory):
 
     def __init__(self, session_id: str, client_or_url: Any = None, *,
                  store: SessionStore | None = None, ttl_seconds: int = SESSION_TTL_SECONDS,
-                 max_messages: int = 1000, prefix: str = "session:"):
+                 max_messages: int = 1000, prefix: str = SESSION_PREFIX):
         if (client_or_url is None) == (store is None):
             raise ConfigError("store", store, "exactly one of client_or_url and store")
         self.session_id = session_id

@@ -12,6 +12,7 @@ import sys
 
 from ..config import SpillConfig
 from ..errors import RayValkeySpillError
+from ..prefixes import SPILL_PREFIX
 
 # Exit codes of every subcommand.
 EXIT_OK = 0
@@ -24,7 +25,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, prefix_help: str)
     p = parser.add_argument_group("connection (as the spill backend connects)")
     p.add_argument("--url", required=True,
                    help="server URL, e.g. valkey://host:6379/0 (never a password in it)")
-    p.add_argument("--prefix", default="ray:", help=prefix_help)
+    p.add_argument("--prefix", default=SPILL_PREFIX, help=prefix_help)
     p.add_argument("--username", help="ACL user")
     p.add_argument("--password-env", help="NAME of the environment variable holding the password")
     p.add_argument("--password-file", help="file holding the password")

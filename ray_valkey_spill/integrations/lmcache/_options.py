@@ -13,8 +13,9 @@ from typing import Any, Mapping
 from ...caches._base import DEFAULT_STATS_FLUSH_SECONDS, check_cache_prefix, check_ttl
 from ...config import SpillConfig, parse_url
 from ...errors import ConfigError
+from ...prefixes import KV_PREFIX
 
-DEFAULT_PREFIX = "vllm:kv:"
+DEFAULT_PREFIX = KV_PREFIX
 # Options handed to ``connect(url, ...)``: the same names and checks as the spill backend's.
 CONNECTION_OPTIONS = ("username", "password_env", "password_file", "ssl_ca_certs",
                       "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "connect_timeout_s",
