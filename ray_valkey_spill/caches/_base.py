@@ -200,6 +200,16 @@ def check_sizes(payloads: list[bytes], limit_bytes: int, names: Any) -> None:
                               f"{failed[first]}", failed)
 
 
+def leading_hits(replies) -> int:
+    """How many replies, from the first, are hits: a prefix lookup stops at the first miss."""
+    count = 0
+    for present in replies:
+        if not present:
+            break
+        count += 1
+    return count
+
+
 @contextlib.contextmanager
 def backend_errors(what: str) -> Iterator[None]:
     """Turn valkey-py connection failures into BackendUnavailableError (callers may treat it as a

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, backend_errors,
+from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, backend_errors, leading_hits,
                     check_cache_prefix, check_ttl, is_cluster, key_part, max_value_bytes,
                     resolve_client, warn_if_allkeys_policy)
 from ._values import (_FIXED, FLAG_ZSTD, MAGIC, ArrayCodec, CacheValueError, CorruptValueError,
@@ -283,11 +283,7 @@ class KVCache(KeyedArrayCache):
             replies = pipe.execute()
         if published:
             replies = replies[:len(keys)]
-        leading = 0
-        for present in replies:
-            if not present:
-                break
-            leading += 1
+        leading = leading_hits(replies)
         self.counters.add(hits=leading, misses=len(keys) - leading)
         return leading * self.block_size_tokens
 

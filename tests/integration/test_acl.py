@@ -25,6 +25,7 @@ import pytest
 import valkey
 import yaml
 
+from support import render_acl
 from ray_valkey_spill.config import SpillConfig
 from ray_valkey_spill.connection import connect
 from ray_valkey_spill.testing.embedded import free_port, valkey_server_binary
@@ -70,12 +71,7 @@ def passwords() -> dict[str, str]:
 def rendered_acl(tmp_path_factory, passwords) -> Path:
     """valkey-users.acl rendered by the init containers' script, as in the pods."""
     out = tmp_path_factory.mktemp("acl") / "users.acl"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("VALKEY_PASSWORD_") and k != "VALKEY_ACL_OFF_USERS"}
-    env.update({f"VALKEY_PASSWORD_{u.upper().replace('-', '_')}": pw
-                for u, pw in passwords.items()})
-    result = subprocess.run(["sh", str(RENDER_SCRIPT), str(ACL_FILE), str(out)], env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = render_acl(out, passwords)
     assert result.returncode == 0, result.stderr
     return out
 

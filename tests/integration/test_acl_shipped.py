@@ -10,7 +10,6 @@ replica replicates as user replication, which the standalone layout renders off.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import valkey
 
+from support import render_acl, shipped_acl_users
 from ray_valkey_spill import EmbeddedValkey, SessionStore, connect
 from ray_valkey_spill.caches import EmbeddingCache, KVCache
 from ray_valkey_spill.config import SpillConfig
@@ -86,12 +86,7 @@ def _env_name(user: str) -> str:
 
 
 def _render(passwords: dict[str, str], output: Path, off_users: str = "") -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VALKEY_PASSWORD_")}
-    env.update({f"VALKEY_PASSWORD_{u.upper().replace('-', '_')}": pw
-                for u, pw in passwords.items()})
-    env["VALKEY_ACL_OFF_USERS"] = off_users
-    result = subprocess.run(["sh", str(RENDER_SCRIPT), str(ACL_FILE), str(output)], env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = render_acl(output, passwords, off_users)
     assert result.returncode == 0, result.stderr
 
 
@@ -122,9 +117,7 @@ def _shipped_server(work: Path, aclfile: Path) -> EmbeddedValkey:
 
 @pytest.fixture(scope="module")
 def passwords():
-    users = [line.split()[1] for line in ACL_FILE.read_text().splitlines()
-             if line.startswith("user ") and line.split()[1] != "default"]
-    pws = {u: secrets.token_urlsafe(24) for u in users}
+    pws = {u: secrets.token_urlsafe(24) for u in shipped_acl_users()}
     with pytest.MonkeyPatch.context() as mp:
         for user, pw in pws.items():
             mp.setenv(_env_name(user), pw)

@@ -16,6 +16,7 @@ import uuid
 import numpy as np
 import pytest
 
+from support import commandstats, command_delta
 from ray_valkey_spill import ConfigError
 from ray_valkey_spill.errors import BackendUnavailableError
 from ray_valkey_spill.caches import (ArrayCodec, CacheValueError, CorruptValueError,
@@ -48,16 +49,6 @@ def private_server():
     """A server of our own (small maxmemory) where INFO commandstats deltas are ours alone."""
     with EmbeddedValkey(config={"maxmemory": "64mb"}) as server:
         yield server
-
-
-def _commandstats(client) -> dict[str, int]:
-    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
-
-
-def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    out = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-    out.pop("info", None)
-    return out
 
 
 class _RoundTrips:
@@ -300,16 +291,16 @@ def test_embedding_batches_are_one_round_trip(private_server, monkeypatch):
     texts = [f"text {i}" for i in range(1000)]
     vectors = _random_vectors(1000)
     trips = _RoundTrips(monkeypatch)
-    before = _commandstats(client)
+    before = commandstats(client)
     trips.count = 0
     assert cache.put_many(texts, vectors) == 1000
     assert trips.count == 1
-    after = _commandstats(client)
-    assert _delta(before, after) == {"set": 1000}
+    after = commandstats(client)
+    assert command_delta(before, after) == {"set": 1000}
     trips.count = 0
     got = cache.get_many(texts + ["missing"])
     assert trips.count == 1
-    assert _delta(after, _commandstats(client)) == {"mget": 1}
+    assert command_delta(after, commandstats(client)) == {"mget": 1}
     assert all(_same(g, v) for g, v in zip(got, vectors)) and got[-1] is None
     cache.clear()
 
@@ -388,17 +379,17 @@ def test_kv_lookup_and_get_are_one_round_trip(private_server, monkeypatch):
     tokens = list(range(16 * 32))
     kv.put(tokens, [_kv_block(i) for i in range(20)])
     trips = _RoundTrips(monkeypatch)
-    before = _commandstats(client)
+    before = commandstats(client)
     trips.count = 0
     assert kv.lookup(tokens) == 16 * 20
     assert trips.count == 1
-    mid = _commandstats(client)
-    assert _delta(before, mid) == {"exists": 32}
+    mid = commandstats(client)
+    assert command_delta(before, mid) == {"exists": 32}
     trips.count = 0
     assert len(kv.get(tokens)) == 20
     assert trips.count == 1
     # all 32 block GETs in one pipeline (one send); the 20 cached ones come back
-    assert _delta(mid, _commandstats(client)) == {"get": 32}
+    assert command_delta(mid, commandstats(client)) == {"get": 32}
     kv.clear()
 
 

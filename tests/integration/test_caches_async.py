@@ -13,6 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
+from support import commandstats, command_delta
 from ray_valkey_spill import (BackendUnavailableError, ConfigError, EmbeddedValkey, EmbeddingCache,
                               SessionStore, SpillConfig)
 from ray_valkey_spill.connection import connect_async
@@ -46,18 +47,6 @@ def private_server():
         yield server
 
 
-def _commandstats(client) -> dict[str, int]:
-    stats = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
-    stats.pop("info", None)
-    return stats
-
-
-def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    out = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-    out.pop("info", None)
-    return out
-
-
 class _AsyncSends:
     """Counts packed sends of valkey.asyncio connections: one per round trip."""
 
@@ -84,14 +73,14 @@ def test_async_batches_are_one_round_trip_each(private_server, monkeypatch):
     async def run():
         await cache.aget_many(["warm"])  # opens the loop's connection and reads the size limit
         sends = _AsyncSends(monkeypatch)
-        before = _commandstats(client)
+        before = commandstats(client)
         assert await cache.aput_many(texts, vectors) == 500
         assert sends.count == 1
-        mid = _commandstats(client)
-        assert _delta(before, mid) == {"set": 500}
+        mid = commandstats(client)
+        assert command_delta(before, mid) == {"set": 500}
         got = await cache.aget_many(texts + ["missing"])
         assert sends.count == 2
-        assert _delta(mid, _commandstats(client)) == {"mget": 1}
+        assert command_delta(mid, commandstats(client)) == {"mget": 1}
         return got
 
     got = asyncio.run(run())
@@ -223,9 +212,9 @@ def test_async_append_is_one_transaction_sent_once(private_server, monkeypatch):
     async def run():
         await store.alast("warm", 1)
         sends = _AsyncSends(monkeypatch)
-        before = _commandstats(client)
+        before = commandstats(client)
         await store.aappend("s", "a", "b", "c")
-        return sends.count, _delta(before, _commandstats(client))
+        return sends.count, command_delta(before, commandstats(client))
 
     count, delta = asyncio.run(run())
     assert count == 1

@@ -11,6 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
+from support import commandstats, command_delta
 from ray_valkey_spill import CacheValueError, ConfigError, EmbeddedValkey, EmbeddingCache, KVCache
 from ray_valkey_spill.caches._base import DEFAULT_MAX_BULK_BYTES, _bulk_limits, max_value_bytes
 from ray_valkey_spill.caches._schema import EmbeddingSchema
@@ -42,16 +43,6 @@ def small_bulk_server():
     """proto-max-bulk-len at its minimum (1 MB), so a 'too large' value is cheap to build."""
     with EmbeddedValkey(config={"proto-max-bulk-len": "1mb"}) as server:
         yield server
-
-
-def _commandstats(client) -> dict[str, int]:
-    stats = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
-    stats.pop("info", None)
-    return stats
-
-
-def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
 # --- identity -------------------------------------------------------------------------------
@@ -110,12 +101,12 @@ MISFITS = [
 def test_misfit_writes_raise_naming_the_item_and_send_nothing(private_server_client, bad, reason):
     client, url = private_server_client
     cache = EmbeddingCache(url, f"m{_uid()}", dimension=DIM, ttl_seconds=60)
-    before = _commandstats(client)
+    before = commandstats(client)
     with pytest.raises(CacheValueError, match=reason) as info:
         cache.put_many(["ok0", "bad one", "ok2"], [_vectors(1)[0], bad, _vectors(1)[0]])
     assert info.value.failed.keys() == {1} and "'bad one'" in info.value.failed[1]
     assert "vector 1" in str(info.value)
-    assert _commandstats(client) == before  # nothing was sent, not even the good items
+    assert commandstats(client) == before  # nothing was sent, not even the good items
     assert cache.get_many(["ok0", "ok2"]) == [None, None]
 
 
@@ -169,19 +160,19 @@ def test_too_large_values_fail_before_anything_is_sent(small_bulk_server):
     dim = 300_000  # 1.2 MB of float32: over the 1 MB limit
     cache = EmbeddingCache(small_bulk_server.url, f"big{_uid()}", ttl_seconds=60)
     small, big = np.ones(8, np.float32), np.ones(dim, np.float32)
-    before = _commandstats(client)
+    before = commandstats(client)
     with pytest.raises(CacheValueError, match="proto-max-bulk-len") as info:
         cache.put_many(["a", "huge", "b", "huge2"], [small, big, small, big])
     assert sorted(info.value.failed) == [1, 3] and "'huge'" in str(info.value)
     with pytest.raises(CacheValueError, match="too large") as info:
         asyncio.run(cache.aput_many(["a", "huge"], [small, big]))
     assert sorted(info.value.failed) == [1]
-    assert _commandstats(client) == before  # neither batch sent anything
+    assert commandstats(client) == before  # neither batch sent anything
     # Unreadable at construction (server down then): the async path reads the limit itself.
     _bulk_limits.pop(id(cache.client))
     with pytest.raises(CacheValueError, match="1,048,576"):
         asyncio.run(cache.aput_many(["huge"], [big]))
-    delta = _delta(before, _commandstats(client))
+    delta = command_delta(before, commandstats(client))
     delta.pop("client|setinfo", None)  # the new event loop's connection handshake
     assert delta == {"config|get": 1}
     assert client.ping() and cache.put("a", small)  # the connection and server are fine
@@ -253,7 +244,7 @@ def test_too_large_session_values_fail_before_anything_is_sent(small_bulk_server
     client = small_bulk_server.client()
     store = SessionStore(small_bulk_server.url, ttl_seconds=60, prefix=f"session:b{_uid()}:")
     big = "x" * (1024 * 1024 + 1)
-    before = _commandstats(client)
+    before = commandstats(client)
     with pytest.raises(CacheValueError, match="turn 1: .*proto-max-bulk-len") as info:
         store.append("s", "small", big)
     assert sorted(info.value.failed) == [1]
@@ -263,5 +254,5 @@ def test_too_large_session_values_fail_before_anything_is_sent(small_bulk_server
         asyncio.run(store.aappend("s", big))
     with pytest.raises(CacheValueError, match="result 'blob'"):
         asyncio.run(store.aset_result("s", "blob", np.zeros(300_000, np.float32)))
-    assert _commandstats(client) == before
+    assert commandstats(client) == before
     assert store.append("s", "small") == 1 and store.last("s", 5) == ["small"]

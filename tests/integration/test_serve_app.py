@@ -8,15 +8,14 @@ Ray Serve is installed (ray[serve]); it is skipped otherwise.
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from support import render_acl, shipped_acl_users
 from ray_valkey_spill import EmbeddedValkey
 from ray_valkey_spill.errors import ConfigError
 
@@ -29,14 +28,9 @@ RENDER_SCRIPT = CONFIGS / "base" / "render-acl.sh"
 def deployed(tmp_path_factory):
     """(server, admin password, secrets dir): the shipped ACL and the app's password files."""
     work = tmp_path_factory.mktemp("serve-app")
-    users = [line.split()[1] for line in ACL_FILE.read_text().splitlines()
-             if line.startswith("user ") and line.split()[1] != "default"]
-    passwords = {u: secrets.token_urlsafe(24) for u in users}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VALKEY_PASSWORD_")}
-    env.update({f"VALKEY_PASSWORD_{u.upper().replace('-', '_')}": p for u, p in passwords.items()})
+    passwords = {u: secrets.token_urlsafe(24) for u in shipped_acl_users()}
     aclfile = work / "users.acl"
-    result = subprocess.run(["sh", str(RENDER_SCRIPT), str(ACL_FILE), str(aclfile)], env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = render_acl(aclfile, passwords)
     assert result.returncode == 0, result.stderr
     secrets_dir = work / "valkey-app"
     secrets_dir.mkdir()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import re
 import shlex
 import shutil
@@ -182,19 +181,6 @@ def crd_errors(doc: dict, schema: dict) -> list[str]:
 
 def k8s_validate(doc: dict) -> None:
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-
-
-def render_acl(script: Path, template: Path, output: Path, passwords: dict[str, str],
-               off_users: str | None = None):
-    """Run render-acl.sh as the init containers do (passwords as VALKEY_PASSWORD_<USER>)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("VALKEY_PASSWORD_") and k != "VALKEY_ACL_OFF_USERS"}
-    if off_users is not None:
-        env["VALKEY_ACL_OFF_USERS"] = off_users
-    env.update({f"VALKEY_PASSWORD_{u.upper().replace('-', '_')}": pw
-                for u, pw in passwords.items()})
-    return subprocess.run(["sh", str(script), str(template), str(output)], env=env,
-                          capture_output=True, text=True, timeout=30)
 
 
 def env_of(container: dict) -> dict[str, dict]:

@@ -27,11 +27,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from support import render_acl
 from cluster_configs_lib import (
     ACL_FILE, CLUSTER, CONFIGS, DOCKERFILE, GC_CRONJOB, K8S_VERSION, NAMESPACE, RAYSERVICE,
-    RENDER_SCRIPT, SECRET_TEMPLATES, STANDALONE, VM_SCRIPT, acl_rules, crd_errors, crd_schema,
+    SECRET_TEMPLATES, STANDALONE, VM_SCRIPT, acl_rules, crd_errors, crd_schema,
     env_of, k8s_bytes, k8s_validate, key_patterns, leading_comment, load_docs, one,
-    ray_containers, ray_pod_templates, render_acl, valkey_bytes, valkey_parts)
+    ray_containers, ray_pod_templates, valkey_bytes, valkey_parts)
 from ray_valkey_spill.config import option_default, parse_spilling_config, parse_url
 from ray_valkey_spill.errors import ConfigError
 from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
@@ -586,11 +587,10 @@ def _secret_refs(node):
 
 
 def test_render_acl_appends_hashes_and_drops_comments(tmp_path):
-    render_script = RENDER_SCRIPT
     users = [u for u in acl_rules(ACL_FILE.read_text(encoding="utf-8")) if u != "default"]
     passwords = {u: f"pw-{u}-0123456789" for u in users}
     out = tmp_path / "users.acl"
-    result = render_acl(render_script, ACL_FILE, out, passwords)
+    result = render_acl(out, passwords)
     assert result.returncode == 0, result.stderr
     assert not any(pw in result.stdout + result.stderr for pw in passwords.values())
     text = out.read_text()
@@ -607,21 +607,20 @@ def test_render_acl_appends_hashes_and_drops_comments(tmp_path):
 
 
 def test_render_acl_refuses_missing_or_placeholder_passwords(tmp_path):
-    render_script = RENDER_SCRIPT
     users = [u for u in acl_rules(ACL_FILE.read_text(encoding="utf-8")) if u != "default"]
     good = {u: "x" * 20 for u in users}
     out = tmp_path / "users.acl"
     missing = dict(good)
     missing.pop("rayspill")
-    result = render_acl(render_script, ACL_FILE, out, missing)
+    result = render_acl(out, missing)
     assert result.returncode != 0 and "VALKEY_PASSWORD_RAYSPILL" in result.stderr
     placeholder = dict(good, rayspill="REPLACE_ME-rayspill-password")
-    result = render_acl(render_script, ACL_FILE, out, placeholder)
+    result = render_acl(out, placeholder)
     assert result.returncode != 0 and "placeholder" in result.stderr
     assert not out.exists()
     bad_template = tmp_path / "bad.acl"
     bad_template.write_text(ACL_FILE.read_text() + "user extra on >inline ~x:*\n")
-    result = render_acl(render_script, bad_template, out, dict(good, extra="y" * 20))
+    result = render_acl(out, dict(good, extra="y" * 20), template=bad_template)
     assert result.returncode != 0 and "do not belong" in result.stderr
 
 
@@ -639,7 +638,7 @@ def test_render_acl_turns_off_users_a_layout_does_not_need(tmp_path):
         assert value.split() == off_users, manifest
         passwords = {u: f"pw-{u}-0123456789" for u in users if u not in off_users}
         out = tmp_path / "users.acl"
-        result = render_acl(RENDER_SCRIPT, ACL_FILE, out, passwords, off_users=value)
+        result = render_acl(out, passwords, off_users=value)
         assert result.returncode == 0, result.stderr
         rendered = acl_rules(out.read_text())
         for user in users:

@@ -26,7 +26,7 @@ from lmcache.utils import CacheEngineKey
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from ...caches._base import Counters, backend_errors, warn_if_allkeys_policy
+from ...caches._base import Counters, backend_errors, leading_hits, warn_if_allkeys_policy
 from ...connection import connect
 from ...direct_io import exists_many, get_into, set_many
 from ...errors import BackendUnavailableError, ConfigError
@@ -249,11 +249,7 @@ class SharedValkeyConnector(RemoteConnector):
         with backend_errors(f"looking up {len(keys)} KV chunks under {self.prefix}"):
             replies = exists_many(self.client, [self.key_of(k) for k in keys],
                                   timeout_s=self.options.read_timeout_s)
-        leading = 0
-        for present in replies:
-            if not present:
-                break
-            leading += 1
+        leading = leading_hits(replies)
         self.counters.add(hits=leading, misses=len(keys) - leading)
         self._publish_stats()
         return leading

@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # no
 from langchain_tests.integration_tests.base_store import (BaseStoreAsyncTests,  # noqa: E402
                                                           BaseStoreSyncTests)
 
+from support import commandstats
 from ray_valkey_spill import CacheValueError, EmbeddedValkey  # noqa: E402
 from ray_valkey_spill.integrations.langchain import (ValkeyChatMessageHistory,  # noqa: E402
                                                      ValkeyEmbeddingStore)
@@ -163,12 +164,6 @@ def private_server():
         yield server
 
 
-def _commandstats(client) -> dict[str, int]:
-    stats = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
-    stats.pop("info", None)
-    return stats
-
-
 def test_chat_history_one_append_per_add_messages(private_server):
     client = private_server.client()
     modules = {dict(zip(m[::2], m[1::2]))[b"name"] for m in client.execute_command("MODULE", "LIST")}
@@ -176,9 +171,9 @@ def test_chat_history_one_append_per_add_messages(private_server):
     history = ValkeyChatMessageHistory(f"chat-{_uid()}", private_server.url, ttl_seconds=100)
     assert history.messages == []  # warms the pool
     batch = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello")]
-    before = _commandstats(client)
+    before = commandstats(client)
     history.add_messages(batch)
-    delta = {k: v - before.get(k, 0) for k, v in _commandstats(client).items()
+    delta = {k: v - before.get(k, 0) for k, v in commandstats(client).items()
              if v != before.get(k, 0)}
     assert delta == {"multi": 1, "rpush": 1, "ltrim": 1, "expire": 2, "llen": 1, "exec": 1}
     history.add_user_message("again")

@@ -16,6 +16,7 @@ pytest.importorskip("llama_index.core")
 
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
 
+from support import commandstats, command_delta
 from ray_valkey_spill import CacheValueError, EmbeddedValkey  # noqa: E402
 from ray_valkey_spill.integrations.llamaindex import ValkeyCachedEmbedding  # noqa: E402
 
@@ -58,16 +59,6 @@ def private_server():
         yield server
 
 
-def _commandstats(client) -> dict[str, int]:
-    stats = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
-    stats.pop("info", None)
-    return stats
-
-
-def _delta(before, after):
-    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-
-
 def _model(url, **options):
     # The wrapper hands all misses to the model's batch method at once; the model then splits
     # them by its own embed_batch_size (its API's limit): set high here, one call is one batch.
@@ -83,14 +74,14 @@ def test_a_batch_is_one_mget_one_embed_call_one_pipeline(private_server):
     texts = [f"chunk {i}" for i in range(200)]
     model.get_text_embedding_batch(texts[:80])  # 80 cached
     inner.calls.clear()
-    before = _commandstats(client)
+    before = commandstats(client)
     got = model.get_text_embedding_batch(texts + texts[150:])  # duplicates asked twice
-    assert _delta(before, _commandstats(client)) == {"mget": 1, "set": 120}
+    assert command_delta(before, commandstats(client)) == {"mget": 1, "set": 120}
     assert inner.calls == [("texts", texts[80:])]  # one call, only the distinct misses
     assert got == [_vector(t) for t in texts + texts[150:]]  # float32-exact stand-in values
-    before = _commandstats(client)
+    before = commandstats(client)
     assert model.get_text_embedding_batch(texts) == got[:200]
-    assert _delta(before, _commandstats(client)) == {"mget": 1} and len(inner.calls) == 1
+    assert command_delta(before, commandstats(client)) == {"mget": 1} and len(inner.calls) == 1
     assert all(0 < client.ttl(k) <= 60 for k in model.document_cache.keys(texts[:3]))
     model.document_cache.clear()
 
@@ -109,9 +100,9 @@ def test_async_batch_is_one_mget_one_embed_call_one_pipeline(private_server, mon
     async def run():
         await model.aget_text_embedding_batch(texts[:10])
         inner.calls.clear()
-        before = _commandstats(client)
+        before = commandstats(client)
         got = await model.aget_text_embedding_batch(texts)
-        return got, _delta(before, _commandstats(client))
+        return got, command_delta(before, commandstats(client))
 
     got, delta = asyncio.run(run())
     assert delta == {"mget": 1, "set": 40}

@@ -7,9 +7,7 @@ checks that LMCache loads the plug-in and wraps ours, not some built-in backend.
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,12 +16,12 @@ import pytest
 pytest.importorskip("lmcache", reason="needs the lmcache extra: pip install '.[lmcache]'")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from lmcache.v1.cache_engine import LMCacheEngineBuilder  # noqa: E402
 from lmcache.v1.storage_backend.connector import CreateConnector  # noqa: E402
 from lmcache_support import (CHUNK, HEAD_DIM, HEADS, LAYERS, CPUKVConnector,  # noqa: E402
                              cache_key, make_metadata, plugin_config, run)
 
+from support import command_delta, commandstats, render_acl, shipped_acl_users
 from ray_valkey_spill import EmbeddedValkey  # noqa: E402
 from ray_valkey_spill.errors import ConfigError  # noqa: E402
 from ray_valkey_spill.integrations.lmcache import SharedValkeyConnector  # noqa: E402
@@ -63,15 +61,6 @@ def _clean(server):
     client.flushall()
     client.config_resetstat()
     return client
-
-
-def _calls(client) -> dict[str, int]:
-    return {k.removeprefix("cmdstat_"): v["calls"]
-            for k, v in client.info("commandstats").items() if k != "cmdstat_info"}
-
-
-def _delta(before: dict, after: dict) -> dict:
-    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
 def test_round_trip_is_byte_exact_and_keys_are_prefixed(loop, cpu_backend, kv_server):
@@ -132,12 +121,12 @@ def _store_and_retrieve(client, tokens, kv, writer, reader):
         assert time.monotonic() < deadline, "LMCache never wrote the chunks"
         time.sleep(0.05)
     assert all(0 < client.ttl(k) <= 600 for k in scan_keys(client, "vllm:kv:*"))
-    before = _calls(client)
+    before = commandstats(client)
     assert reader.lookup(tokens) == len(tokens)
     retrieved = reader.retrieve(tokens)
     assert int(retrieved.sum()) == len(tokens)
     assert torch.equal(reader.gpu_connector.kv, kv)
-    assert _delta(before, _calls(client)).get("get") == 6  # the bytes came from Valkey
+    assert command_delta(before, commandstats(client)).get("get") == 6  # the bytes came from Valkey
 
 
 def test_leading_chunks_with_a_hole_in_one_round_trip(loop, cpu_backend, kv_server):
@@ -146,13 +135,13 @@ def test_leading_chunks_with_a_hole_in_one_round_trip(loop, cpu_backend, kv_serv
     keys = [cache_key(100 + i) for i in range(8)]
     run(loop, wrapped.batched_put(keys[:6], [_chunk(cpu_backend, i) for i in range(6)]))
     client.unlink(conn.key_of(keys[2]))
-    before = _calls(client)
+    before = commandstats(client)
     reads = client.info("stats")["total_reads_processed"]
     assert wrapped.batched_contains(keys) == 2
     # the server read the whole lookup at once (the other read is this INFO) ...
     assert client.info("stats")["total_reads_processed"] - reads == 2
     # ... and it was 8 EXISTS, nothing else
-    assert _delta(before, _calls(client)) == {"exists": 8}
+    assert command_delta(before, commandstats(client)) == {"exists": 8}
     assert run(loop, wrapped.batched_async_contains("l1", keys)) == 2
     assert run(loop, wrapped.exists(keys[1])) and not wrapped.exists_sync(keys[2])
     leading = run(loop, wrapped.batched_get_non_blocking("l1", keys))
@@ -358,27 +347,12 @@ def test_stats_metrics_and_shedding_see_the_plugin_keys(loop, cpu_backend, kv_se
     assert wrapped.batched_contains(keys) < 10
 
 
-def _render_acl(tmp_path: Path, passwords: dict[str, str]) -> Path:
-    with open(REPO / "cluster_configs" / "valkey.yaml", encoding="utf-8") as f:
-        (cm,) = [d for d in yaml.safe_load_all(f)
-                 if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "valkey-config"]
-    script = tmp_path / "render-acl.sh"
-    script.write_text(cm["data"]["render-acl.sh"])
-    out = tmp_path / "users.acl"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("VALKEY_PASSWORD_")},
-           **{f"VALKEY_PASSWORD_{u.upper()}": pw for u, pw in passwords.items()}}
-    subprocess.run(["sh", str(script), str(REPO / "cluster_configs" / "valkey-users.acl"),
-                    str(out)], env=env, check=True, capture_output=True, timeout=30)
-    return out
-
-
 def test_works_as_the_deployed_vllmkv_user(loop, cpu_backend, tmp_path, monkeypatch):
-    users = [line.split()[1] for line in
-             (REPO / "cluster_configs" / "valkey-users.acl").read_text().splitlines()
-             if line.startswith("user ") and line.split()[1] != "default"]
-    passwords = {u: secrets.token_urlsafe(16) for u in users}
+    passwords = {u: secrets.token_urlsafe(16) for u in shipped_acl_users()}
     monkeypatch.setenv("RVS_TEST_VLLMKV_PASSWORD", passwords["vllmkv"])
-    with EmbeddedValkey(config={"aclfile": str(_render_acl(tmp_path, passwords))}) as server:
+    aclfile = tmp_path / "users.acl"
+    assert render_acl(aclfile, passwords).returncode == 0
+    with EmbeddedValkey(config={"aclfile": str(aclfile)}) as server:
         wrapped, conn = _connector(loop, cpu_backend, server.url, username="vllmkv",
                                    password_env="RVS_TEST_VLLMKV_PASSWORD",
                                    stats_flush_seconds=0)
