@@ -40,14 +40,12 @@ from typing import Any, Callable
 
 from ..testing.embedded import EmbeddedValkey
 from .deployed_server import DeployedValkey, default_configs_dir
-from .multinode import ARRAY_KINDS, ClusterShape, SpillTarget, cross_node_run, lost_node_run
+from .multinode import ARRAY_KINDS, FAST_DETECTION, ClusterShape, SpillTarget, cross_node_run, lost_node_run
 from .rawclient import RawClient
 from .throttle import ThrottledDisk, ThrottleUnavailable, evict_from_page_cache
 from .workload import GiB, MiB, add_workload_options, environment, make_data, run_once
 
 SCENARIOS = ("cross-node", "lost-node", "deployed", "same-node")
-FAST_DETECTION = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
-                  "health_check_failure_threshold": 3, "object_manager_pull_timeout_ms": 1000}
 # The user and prefix the shipped RayService (cluster_configs/ray/rayservice.yaml) spills as.
 DEPLOYED_SPILL_USER, DEPLOYED_SPILL_PREFIX = "raysp-embed", "ray:embed:"
 DEPLOYED_MAXMEMORY = {"maxmemory": "3gb"}  # shipped: 12gb; capped on a shared test machine
