@@ -56,6 +56,7 @@ PERSISTENCE = {  # label -> overrides of the deployed valkey.conf
     "valkey deployed: no persistence": {"appendonly": "no"},
 }
 FS = "filesystem"
+PREFAULTED = {"preallocate_plasma_memory": True}
 FS_THROTTLED = "filesystem, throttled disk, cold cache"
 
 
@@ -362,7 +363,11 @@ def scenario_same_node(args, server: EmbeddedValkey, env: dict) -> tuple[dict, s
             "valkey", _workload_args(args, chunk_size_bytes=16 * MiB), url)),
         ("valkey, 8 restore workers (max_io_workers)", lambda: _same_node(
             "valkey", _workload_args(args), url, system_config={"max_io_workers": 8})),
+        ("valkey, pre-faulted object store", lambda: _same_node(
+            "valkey", _workload_args(args), url, system_config=PREFAULTED)),
         (FS, lambda: _same_node("filesystem", _workload_args(args))),
+        ("filesystem, pre-faulted object store", lambda: _same_node(
+            "filesystem", _workload_args(args), system_config=PREFAULTED)),
         ("filesystem in /dev/shm", lambda: _same_node(
             "filesystem", _workload_args(args, baseline_dir="/dev/shm"))),
         ("raw socket SET/GET of the same bytes", lambda: _raw_get_gibps(server, args)),
