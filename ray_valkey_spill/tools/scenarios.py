@@ -404,8 +404,11 @@ def plot(json_dir: Path, out: Path) -> None:
     panels = [name for name in ("cross-node", "lost-node", "deployed", "same-node") if name in found]
     if not panels:
         raise SystemExit(f"no scenarios_*.json in {json_dir}")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
-    for ax, name in zip(axes[0], panels):
+    rows = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(13, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, panels):
         med = found[name]["summary"]["medians"]
         if name == "cross-node":
             kinds = found[name]["config"]["kinds"]
@@ -425,8 +428,10 @@ def plot(json_dir: Path, out: Path) -> None:
             for i, lb in enumerate(labels):
                 ax.text(med[lb].get("all_back_s", 0), i, f"  {med[lb].get('recovered', 0):.0f} back,"
                         f" {med[lb].get('lost', 0):.0f} lost", va="center", fontsize=8)
+            ax.set_xlim(0, 1.4 * max(med[lb].get("all_back_s", 0) for lb in labels))
             ax.set_xlabel("s from crash until all that came back is on B")
             ax.set_title("b. node A crashes")
+            continue
         else:
             labels = list(med)
             short = [lb.replace("valkey deployed: ", "").replace("valkey ", "v ")[:28] for lb in labels]
