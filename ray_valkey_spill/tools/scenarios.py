@@ -433,8 +433,10 @@ def plot(json_dir: Path, out: Path) -> None:
             ax.set_title("b. node A crashes")
             continue
         else:
-            labels = list(med)
-            short = [lb.replace("valkey deployed: ", "").replace("valkey ", "v ")[:28] for lb in labels]
+            labels = [lb for lb in med if "spill_gibps" in med[lb]]
+            short = [lb.replace("valkey deployed: ", "").replace(" (max_io_workers)", "")
+                     .replace("(defaults: 4 MiB chunks, 4 connections)", "(defaults)")[:40]
+                     for lb in labels]
             ys = range(len(labels))
             ax.barh([y + 0.2 for y in ys], [med[lb].get("spill_gibps", 0) for lb in labels], 0.4,
                     label="spill")
@@ -442,7 +444,10 @@ def plot(json_dir: Path, out: Path) -> None:
                     label="restore in order")
             ax.set_yticks(list(ys), short, fontsize=7)
             ax.set_xlabel("GiB/s (same node)")
-            ax.set_title("c. deployed valkey.conf" if name == "deployed" else "d. same-node levers")
+            raw = [m["raw_get_gibps"] for m in med.values() if "raw_get_gibps" in m]
+            ax.set_title("c. deployed valkey.conf" if name == "deployed" else
+                         "d. same-node levers" + (f" (raw socket GET: {raw[0]:.2f} GiB/s)"
+                                                  if raw else ""))
         ax.legend(fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
