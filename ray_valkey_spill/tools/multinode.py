@@ -43,6 +43,8 @@ class SpillTarget:
     fs_parent: str | None = None
     # Called with the spill directory (None for Valkey) once all is spilled, before reading.
     before_read: Callable[[str | None], None] | None = None
+    # The Valkey server's process, when local: its CPU time is reported beside the nodes'.
+    server_pid: int | None = None
 
     @property
     def is_valkey(self) -> bool:
@@ -250,6 +252,36 @@ def _spill_everything(producer, refs: list, store_bytes: int, object_bytes: int,
     return done
 
 
+def tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants, plus what their
+    reaped children used; 0 once it is gone. From /proc: no dependency."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0)
+        todo += [child for child, p in parent.items() if p == pid]
+    return total / tick
+
+
+def _raylet_pid(node) -> int:
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
 def _percentiles_ms(values: list[float]) -> dict[str, float]:
     if not values:
         return {"latency_p50_ms": float("nan"), "latency_p99_ms": float("nan")}
@@ -293,6 +325,11 @@ def cross_node_run(target: SpillTarget, kinds: list[str], total_gib: float, obje
                 figures: dict[str, Any] = {"objects": 2 * n, "object_bytes": object_bytes,
                                            "spilled_on_a": spilled - 2}
                 outs = []
+                # CPU seconds spent by each node's processes (raylet, its workers) and the
+                # server while B reads: who does the work of a cross-node restore.
+                pids = {"a": _raylet_pid(lc.node_a), "b": _raylet_pid(lc.node_b),
+                        "server": target.server_pid}
+                cpu0 = {k: tree_cpu_s(p) for k, p in pids.items() if p}
                 for name, lo, hi, size in (("seq", 0, n, 1), ("batch", n, 2 * n, batch)):
                     out = ray.get(consume.remote(refs[lo:hi], digests[lo:hi], timeout_s, size),
                                   timeout=timeout_s * n)["objects"]
@@ -303,6 +340,10 @@ def cross_node_run(target: SpillTarget, kinds: list[str], total_gib: float, obje
                     if name == "seq":
                         figures.update(_percentiles_ms([o[1] for o in got]))
                         figures["seq_latencies_ms"] = [round(1000 * o[1], 1) for o in out]
+                read_gib = sum(o[2] for o in outs) / GiB
+                for k, t0 in cpu0.items():
+                    if read_gib:
+                        figures[f"{k}_cpu_s_per_gib"] = (tree_cpu_s(pids[k]) - t0) / read_gib
                 figures.update(batch=batch, lost=sum(o[0] == "lost" for o in outs),
                                corrupted=sum(o[0] == "corrupted" for o in outs))
                 res.figures.update(figures)

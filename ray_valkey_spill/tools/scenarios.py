@@ -160,7 +160,8 @@ def scenario_cross_node(args, server: EmbeddedValkey, env: dict) -> tuple[dict, 
     shape = ClusterShape(store_a_mib=args.store_a_mib, store_b_mib=args.store_b_mib)
     url = server.url_for(args.transport)
     variants: list[tuple[str, Callable[[], dict]]] = [
-        ("valkey", lambda: _flat(cross_node_run(SpillTarget("valkey", url=url), kinds,
+        ("valkey", lambda: _flat(cross_node_run(SpillTarget("valkey", url=url,
+                                                            server_pid=server.process.pid), kinds,
                                                 args.total_gib, args.object_mib, shape))),
         (FS, lambda: _flat(cross_node_run(SpillTarget(FS, fs_parent=args.baseline_dir), kinds,
                                           args.total_gib, args.object_mib, shape)))]
@@ -189,11 +190,13 @@ def scenario_cross_node(args, server: EmbeddedValkey, env: dict) -> tuple[dict, 
                          f"{_f(m.get(f'{kind}/spilled_on_a'), '{:.0f}')} / "
                          f"{_f(m.get(f'{kind}/objects'), '{:.0f}')}",
                          f"{_f(m.get(f'{kind}/lost'), '{:.0f}')} / "
-                         f"{_f(m.get(f'{kind}/corrupted'), '{:.0f}')}"])
+                         f"{_f(m.get(f'{kind}/corrupted'), '{:.0f}')}",
+                         " / ".join(_f(m.get(f"{kind}/{w}_cpu_s_per_gib"))
+                                    for w in ("a", "b", "server"))])
     table = markdown_table(
         ["data", "backend", "B reads GiB/s, 1 per get", "valkey / fs", "B reads GiB/s, "
          f"{8} per get", "valkey / fs", "p50 ms", "p99 ms", "spilled on A / objects",
-         "lost / corrupted"], rows)
+         "lost / corrupted", "CPU s per GiB read: node A / node B / valkey-server"], rows)
     table += f"\n\nThrottled row: {throttle_text}."
     return summary, table, _errors(runs)
 
