@@ -43,6 +43,8 @@ _DELEGATED = {
     "bench": ("bench", "backend write/read benchmark against the raw server"),
     "bench-caches": ("bench_caches", "cache benchmark beside RedisVL and a naive JSON cache"),
     "bench-shards": ("bench_shards", "spill throughput on 1 vs N Valkey Cluster shards"),
+    "scenarios": ("scenarios", "cross-node, lost-node, deployed-config and same-node runs "
+                  "beside filesystem spilling"),
     "stats": ("stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
     "gc": ("gc", "find and remove spilled keys whose Ray session or node is gone"),
     "doctor": ("doctor", "check a server before a cluster relies on it"),

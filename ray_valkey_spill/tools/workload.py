@@ -228,12 +228,15 @@ def _check_in_task(refs: list, expected: list[int]) -> list[tuple[int, bool, flo
 class ValkeyProbe:
     """Watches the server (standalone or cluster: memory summed over the primaries)."""
 
-    def __init__(self, url: str, prefix: str):
-        from ..config import parse_url
+    def __init__(self, url: str, prefix: str, connection_options: dict | None = None):
+        """``connection_options``: credentials for the probe's own connection (it reads INFO,
+        which a least-privilege spill user may not)."""
+        from ..config import SpillConfig, parse_url
         from ..connection import connect
 
         self._cluster = parse_url(url).cluster
-        self.client = connect(url)
+        self.client = connect(SpillConfig.from_params({"url": url, **connection_options})
+                              if connection_options else url)
         self.prefix = prefix
         self.base_used = self.used_memory()
         self.peak_used = self.base_used
@@ -344,9 +347,18 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
+def run_once(backend: str, args, url: str | None, progress: bool, *,
+             spill_options: dict | None = None, probe_options: dict | None = None,
+             system_config: dict | None = None,
+             before_read: Callable[[str | None], None] | None = None) -> RunResult:
     """Start a local Ray spilling to ``backend`` (Valkey at ``url``, or the filesystem), push
-    ``args.total_gib`` through it, read everything back and check it; the figures and errors."""
+    ``args.total_gib`` through it, read everything back and check it; the figures and errors.
+
+    ``spill_options``: more spilling options (e.g. ``username``, ``password_env``);
+    ``probe_options``: the connection options of the Valkey probe; ``system_config``: more
+    Ray system config (e.g. ``max_io_workers``); ``before_read(spill_dir)``: called once
+    everything is spilled, before the first read (e.g. to evict the spill files from the
+    page cache)."""
     import ray
 
     from ..config import spilling_config
@@ -359,13 +371,15 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
     tmpdir = None
     probe: ValkeyProbe | DirProbe
     if backend == "valkey":
-        prefix = f"ray:stress{uuid.uuid4().hex[:8]}:"
-        options = {"prefix": prefix}
+        options = dict(spill_options or {})
+        # Under the given prefix (a least-privilege user may own only ray:<cluster>:*).
+        prefix = options.pop("prefix", "ray:") + f"stress{uuid.uuid4().hex[:8]}:"
+        options["prefix"] = prefix
         for name in ("chunk_size_bytes", "connections", "compression"):
             if getattr(args, name) is not None:
                 options[name] = getattr(args, name)
         spill_cfg = spilling_config(url, **options)
-        probe = ValkeyProbe(url, prefix)
+        probe = ValkeyProbe(url, prefix, probe_options)
         fig["valkey_prefix"] = prefix
     else:
         parent = args.baseline_dir or None
@@ -383,7 +397,8 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
             ray.init(address="local", num_cpus=args.num_cpus, object_store_memory=capacity,
                      include_dashboard=False, logging_level="warning", log_to_driver=False,
                      _system_config={"object_spilling_config": spill_cfg,
-                                     "min_spilling_size": args.min_spilling_mib * MiB})
+                                     "min_spilling_size": args.min_spilling_mib * MiB,
+                                     **(system_config or {})})
             break
         except Exception as exc:  # noqa: BLE001
             ray.shutdown()
@@ -449,6 +464,8 @@ def run_once(backend: str, args, url: str | None, progress: bool) -> RunResult:
             if spilled_now:
                 fig["valkey_memory_per_spilled_byte"] = used / spilled_now
 
+        if before_read is not None:
+            before_read(tmpdir)
         lost = corrupt = 0
         latencies: list[float] = []
 

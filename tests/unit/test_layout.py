@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "ray_valkey_spill"
 # Modules of tools/ that tools share; every other module there is a tool of its own.
 SHARED_TOOL_MODULES = {"__init__", "cli_options", "tables", "workload", "progress", "rawclient",
-                       "ray_sessions"}
+                       "ray_sessions", "multinode", "throttle", "deployed_server"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -367,6 +367,7 @@ def test_works_as_the_deployed_vllmkv_user(loop, cpu_backend, tmp_path, monkeypa
         assert wrapped.remove_sync(keys[0])
         admin = server.client(username="admin", password=passwords["admin"])
         assert all(admin.ttl(k) > 0 for k in admin.scan_iter())
-        assert conn.maxmemory_policy is None  # CONFIG GET is refused to vllmkv: tolerated
+        # CONFIG GET is refused to vllmkv; the policy is read through INFO memory (+info|memory).
+        assert conn.maxmemory_policy == "volatile-lru"
         for g in got:
             g.ref_count_down()
