@@ -26,7 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Iterator, Sequence
 
-from ray._private.external_storage import ExternalStorage
 from valkey.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from valkey.exceptions import ClusterError as ValkeyClusterError
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
@@ -46,6 +45,7 @@ from .errors import (BackendUnavailableError, CorruptObjectError, ObjectMissingE
 from .metrics import spill_metrics
 from .server_checks import check_server
 from .shedding import shed_cache_entries
+from .spill import ray_compat
 
 logger = logging.getLogger("ray_valkey_spill")
 
@@ -114,7 +114,7 @@ def _plan_jobs(views: Sequence[tuple[str, memoryview]], chunk_size: int) -> list
     return jobs
 
 
-class ValkeyStorage(ExternalStorage):
+class ValkeyStorage(ray_compat.external_storage_base()):
     """Spills Ray objects to Valkey under ``<prefix><session>:<node>:`` keys."""
 
     def __init__(self, node_id: str, session_name: str, *, check_server_now: bool = False,
@@ -188,9 +188,9 @@ class ValkeyStorage(ExternalStorage):
         started = time.perf_counter()
         pool = self._pool()
         self._stamp_node()
-        objects = self._get_objects_from_store(object_refs)
+        objects = ray_compat.objects_from_store(self, object_refs)
         bases, views, sizes = [], [], []
-        for ref, (buf, metadata, _), owner in zip(object_refs, objects, owner_addresses):
+        for ref, (buf, metadata), owner in zip(object_refs, objects, owner_addresses):
             if buf is None and len(metadata) == 0:
                 raise ValueError(f"Object {ref.hex()} does not exist.")
             view = memoryview(buf).cast("B") if buf is not None else memoryview(b"")
@@ -220,7 +220,7 @@ class ValkeyStorage(ExternalStorage):
         urls: list[bytes] = []
         manifests = []
         for i in range(failed_at):
-            buf, metadata, _ = objects[i]
+            metadata = objects[i][1]
             manifest = Manifest(self.config.chunk_size_bytes, len(views[i][1]),
                                 bytes(owner_addresses[i]), bytes(metadata), tuple(infos[i]))
             manifests.append((K.manifest_key(bases[i]), manifest.encode()))
