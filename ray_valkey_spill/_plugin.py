@@ -1,12 +1,14 @@
 """Makes ``"type": "valkey"`` known to Ray's ``setup_external_storage``.
 
-Ray 2.60 has no plug-in point for spill backends: ``setup_external_storage`` is a closed
-if/elif. The ``ray_valkey_spill_plugin.pth`` file in site-packages calls ``install()`` at every
-interpreter start-up (the head's validation and every spill/restore IO worker are ordinary
+Ray (2.40 to 2.60) has no plug-in point for spill backends: ``setup_external_storage`` is a
+closed if/elif. The ``ray_valkey_spill_plugin.pth`` file in site-packages calls ``install()``
+at every interpreter start-up (the head's validation and every spill/restore IO worker are ordinary
 start-ups). ``install()`` only puts a finder on ``sys.meta_path``: nothing is imported until
 Ray itself imports ``ray._private.external_storage``; then the finder wraps
 ``setup_external_storage`` so that our type builds ``ValkeyStorage`` and other types are
-untouched. Set ``RAY_VALKEY_SPILL_DISABLE_PLUGIN=1`` to switch it off.
+untouched. What differs between Ray releases, and the check that refuses a Ray of another
+shape, live in ``spill/ray_compat.py``. Set ``RAY_VALKEY_SPILL_DISABLE_PLUGIN=1`` to switch it
+off.
 """
 
 from __future__ import annotations
