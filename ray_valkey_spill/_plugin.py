@@ -85,8 +85,9 @@ def patch(module) -> None:
 
                 raise PluginError(ray_compat.unsupported_ray(problem))
             return _setup_valkey(module, config, *args, **kwargs)
-        if ray_compat.called_from_head_validation():
-            ignored = ray_compat.ignored_valkey_config(config)
+        node = ray_compat.head_validation_node()
+        if node is not None:
+            ignored = ray_compat.ignored_valkey_config(config, node)
             if ignored:
                 from .errors import PluginError
 
@@ -107,7 +108,7 @@ def _setup_valkey(module, config, node_id, session_name):
     parse_spilling_config(config)  # one clear ConfigError for any bad field
     # Only the head's validation (Node.validate_external_storage) checks the server eagerly:
     # IO workers must register within 60 s, and ray.shutdown() must work with the server down.
-    validating = ray_compat.called_from_head_validation()
+    validating = ray_compat.head_validation_node() is not None
     storage = ValkeyStorage(node_id, session_name, check_server_now=validating,
                             **config["params"])
     module._external_storage = storage

@@ -4,6 +4,7 @@ work, and a valkey config that Ray would silently ignore stops the head with one
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import types
@@ -151,29 +152,48 @@ def test_the_fallback_is_used_only_where_ray_lacks_the_property():
     assert issubclass(base, ExternalStorage)
 
 
-def validate_external_storage(config):
-    """Named like Ray's Node method, so the plug-in sees a head validation."""
-    from ray._private import external_storage
+class _Head:
+    """Named like Ray's Node and its method, so the plug-in sees the head's validation."""
 
-    return external_storage.setup_external_storage(config, "ab" * 28, "s")
+    def __init__(self, system_config=None):
+        self._ray_params = types.SimpleNamespace(_system_config=system_config or {})
+
+    def validate_external_storage(self, config):
+        from ray._private import external_storage
+
+        return external_storage.setup_external_storage(config, "ab" * 28, "s")
 
 
-def test_a_valkey_config_ray_would_ignore_stops_the_head(monkeypatch, tmp_path):
+VALKEY = '{"type": "valkey", "params": {"url": "valkey://h"}}'
+
+
+@pytest.mark.parametrize("surface", ["env", "system-config"])
+def test_a_valkey_config_ray_would_ignore_stops_the_head(surface, monkeypatch, tmp_path):
     from ray._private import external_storage
 
     filesystem = {"type": "filesystem", "params": {"directory_path": str(tmp_path)}}
-    monkeypatch.setenv("RAY_object_spilling_config",
-                       '{"type": "valkey", "params": {"url": "valkey://h"}}')
+    head = _Head({"object_spilling_config": VALKEY} if surface == "system-config" else None)
+    if surface == "env":
+        monkeypatch.setenv("RAY_object_spilling_config", VALKEY)
     with pytest.raises(PluginError) as err:
-        validate_external_storage(filesystem)
+        head.validate_external_storage(filesystem)
     message = str(err.value)
     assert "\n" not in message and f"Ray {_ray().__version__}" in message
     assert f"ray-valkey-spill {__version__}" in message and "'filesystem'" in message
+    assert ("RAY_object_spilling_config" if surface == "env" else "system config") in message
     # Outside the head's validation (IO workers, tests) nothing changes.
     storage = external_storage.setup_external_storage(filesystem, "ab" * 28, "s")
     assert type(storage).__name__ == "FileSystemStorage"
-    monkeypatch.delenv("RAY_object_spilling_config")
-    assert type(validate_external_storage(filesystem)).__name__ == "FileSystemStorage"
+    external_storage.reset_external_storage()
+
+
+def test_a_head_that_asks_for_no_valkey_validates_as_before(monkeypatch, tmp_path):
+    from ray._private import external_storage
+
+    monkeypatch.delenv("RAY_object_spilling_config", raising=False)
+    filesystem = {"type": "filesystem", "params": {"directory_path": str(tmp_path)}}
+    head = _Head({"object_spilling_config": json.dumps(filesystem)})
+    assert type(head.validate_external_storage(filesystem)).__name__ == "FileSystemStorage"
     external_storage.reset_external_storage()
 
 

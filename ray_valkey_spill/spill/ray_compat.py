@@ -106,38 +106,49 @@ def unsupported_ray(problem: str) -> str:
             f"{EXTERNAL_STORAGE_MODULE}: {problem}")
 
 
-def called_from_head_validation(depth: int = 8) -> bool:
-    """True inside ``Node.validate_external_storage`` (the head, before GCS and raylet start):
-    the one call that may check the server eagerly."""
+def head_validation_node(depth: int = 8):
+    """Ray's ``Node`` when called from its ``validate_external_storage`` (the head, before GCS
+    and raylet start: the one call that may check the server eagerly), else None."""
     frame = sys._getframe(1)
     for _ in range(depth):
         if frame is None:
-            return False
+            return None
         if frame.f_code.co_name == VALIDATING_CALLER:
-            return True
+            return frame.f_locals.get("self")
         frame = frame.f_back
-    return False
+    return None
 
 
-def ignored_valkey_config(config) -> str | None:
-    """During the head's validation of a non-valkey ``config``: the one-line error when
-    ``RAY_object_spilling_config`` asks for ``valkey`` (Ray would silently spill to disk), else
-    None. Two causes: an ``object_spilling_directory`` (Ray 2.50+: ``ray.init``,
-    ``ray start --object-spilling-directory``, ``RAY_object_spilling_directory``), which Ray
-    prefers, or a Ray that no longer reads the variable."""
-    if isinstance(config, dict) and config.get("type") == "valkey":
-        return None
+def _asks_for_valkey(raw) -> bool:
     try:
-        requested = json.loads(os.environ.get(SPILLING_CONFIG_ENV) or "null")
+        requested = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
     except ValueError:
+        return False
+    return isinstance(requested, dict) and requested.get("type") == "valkey"
+
+
+def ignored_valkey_config(config, node) -> str | None:
+    """The one-line error when the head (``node``) validates a non-valkey ``config`` although
+    the user asked for valkey, else None: Ray would silently spill to local disk. Every
+    supported Ray writes the config it resolved back into the node's system config before it
+    validates, so a valkey config left there, or in ``RAY_object_spilling_config``, was
+    ignored: by an ``object_spilling_directory`` (Ray 2.50+ prefers it: ``ray.init``, ``ray
+    start --object-spilling-directory``, ``RAY_object_spilling_directory``), or by a Ray that
+    no longer reads that surface."""
+    if _asks_for_valkey(config):
         return None
-    if not isinstance(requested, dict) or requested.get("type") != "valkey":
+    params = getattr(node, "_ray_params", None)
+    surfaces = [("the system config's object_spilling_config",
+                 (getattr(params, "_system_config", None) or {}).get("object_spilling_config")),
+                (SPILLING_CONFIG_ENV, os.environ.get(SPILLING_CONFIG_ENV))]
+    asked = [name for name, raw in surfaces if raw and _asks_for_valkey(raw)]
+    if not asked:
         return None
     used = config.get("type") if isinstance(config, dict) else config
     return (f"ray-valkey-spill {package_version()}: Ray {ray_version()} is starting with "
-            f"{used!r} spilling although {SPILLING_CONFIG_ENV} asks for 'valkey' (an "
+            f"{used!r} spilling although {asked[0]} asks for 'valkey' (an "
             f"object_spilling_directory takes precedence from Ray 2.50 on; or this Ray no "
-            f"longer reads the variable); unset one of them")
+            f"longer reads it); remove one of them")
 
 
 _waiting_bases: dict[tuple[type, float], type] = {}
@@ -205,6 +216,6 @@ def metrics_agent_missing() -> ImportError | None:
     return None
 
 
-__all__ = ["SUPPORTED_RAY", "shape_problem", "unsupported_ray", "called_from_head_validation",
+__all__ = ["SUPPORTED_RAY", "shape_problem", "unsupported_ray", "head_validation_node",
            "ignored_valkey_config", "external_storage_base", "with_core_worker_wait",
            "objects_from_store", "metrics_agent_missing", "ray_version", "package_version"]
