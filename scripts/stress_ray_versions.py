@@ -5,8 +5,8 @@
         --data float64 --total-gib 1 --object-mib 64 --object-store-mib 512
 
 Each venv has this package and one Ray installed. Every round runs ``ray-valkey-spill stress
---baseline filesystem --repeat 1`` once per venv, venvs in turn (so a noisy minute on a shared
-machine hits every version alike); within one stress run the two backends run side by side.
+--baseline filesystem --repeat 1`` once per venv, venvs in turn, each round starting with the
+next one (so a noisy minute on a shared machine hits every version alike); within one stress run the two backends run side by side.
 A version's ratio is the median over rounds of (valkey / filesystem) of the same run. Prints
 one markdown row per Ray version and writes every run's figures to ``--json``.
 """
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     stress_args = [a for a in args.stress_args if a != "--"]
     runs: dict[str, list[dict]] = {venv: [] for venv in args.venv}
     for round_index in range(args.rounds):
-        for venv in args.venv:
+        # Each round starts with the next venv: none is always the one run after the others.
+        shift = round_index % len(args.venv)
+        for venv in args.venv[shift:] + args.venv[:shift]:
             result = _run(venv, stress_args)
             runs[venv].append(result)
             ray_version = result["environment"]["ray"]
