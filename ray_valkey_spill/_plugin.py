@@ -1,12 +1,14 @@
 """Makes ``"type": "valkey"`` known to Ray's ``setup_external_storage``.
 
-Ray 2.60 has no plug-in point for spill backends: ``setup_external_storage`` is a closed
-if/elif. The ``ray_valkey_spill_plugin.pth`` file in site-packages calls ``install()`` at every
-interpreter start-up (the head's validation and every spill/restore IO worker are ordinary
+Ray (2.40 to 2.60) has no plug-in point for spill backends: ``setup_external_storage`` is a
+closed if/elif. The ``ray_valkey_spill_plugin.pth`` file in site-packages calls ``install()``
+at every interpreter start-up (the head's validation and every spill/restore IO worker are ordinary
 start-ups). ``install()`` only puts a finder on ``sys.meta_path``: nothing is imported until
 Ray itself imports ``ray._private.external_storage``; then the finder wraps
 ``setup_external_storage`` so that our type builds ``ValkeyStorage`` and other types are
-untouched. Set ``RAY_VALKEY_SPILL_DISABLE_PLUGIN=1`` to switch it off.
+untouched. What differs between Ray releases, and the check that refuses a Ray of another
+shape, live in ``spill/ray_compat.py``. Set ``RAY_VALKEY_SPILL_DISABLE_PLUGIN=1`` to switch it
+off.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import sys
 TARGET = "ray._private.external_storage"
 TYPE_NAME = "valkey"
 DISABLE_ENV = "RAY_VALKEY_SPILL_DISABLE_PLUGIN"
-TESTED_RAY = "2.60"
-_EXPECTED_PARAMS = ["config", "node_id", "session_name"]
 
 
 def _disabled() -> bool:
@@ -69,44 +69,29 @@ def install() -> None:
         patch(module)
 
 
-def _ray_version() -> str:
-    ray = sys.modules.get("ray")
-    return getattr(ray, "__version__", "unknown")
-
-
-def _shape_problem(module) -> str | None:
-    import inspect
-
-    original = getattr(module, "setup_external_storage", None)
-    if not callable(original):
-        return "it has no setup_external_storage()"
-    if not hasattr(module, "ExternalStorage") or not hasattr(module, "_external_storage"):
-        return "it has no ExternalStorage class or _external_storage global"
-    try:
-        params = list(inspect.signature(original).parameters)
-    except (TypeError, ValueError):
-        return "setup_external_storage() has no readable signature"
-    if params[:3] != _EXPECTED_PARAMS:
-        return f"setup_external_storage{tuple(params)} is not {tuple(_EXPECTED_PARAMS)}"
-    return None
-
-
 def patch(module) -> None:
     """Wrap ``module.setup_external_storage``; safe to call more than once."""
     original = getattr(module, "setup_external_storage", None)
     if original is None or getattr(original, "_ray_valkey_spill", False):
         return
-    problem = _shape_problem(module)
 
     def setup_external_storage(config, *args, **kwargs):
-        if isinstance(config, dict) and config.get("type") == TYPE_NAME:
-            from .errors import PluginError
+        from .spill import ray_compat
 
+        if isinstance(config, dict) and config.get("type") == TYPE_NAME:
+            problem = ray_compat.shape_problem(module)
             if problem:
-                raise PluginError(
-                    f"ray-valkey-spill is tested with Ray {TESTED_RAY}.x; the installed Ray "
-                    f"{_ray_version()} has a different {TARGET}: {problem}")
+                from .errors import PluginError
+
+                raise PluginError(ray_compat.unsupported_ray(problem))
             return _setup_valkey(module, config, *args, **kwargs)
+        node = ray_compat.head_validation_node()
+        if node is not None:
+            ignored = ray_compat.ignored_valkey_config(config, node)
+            if ignored:
+                from .errors import PluginError
+
+                raise PluginError(ignored)
         return original(config, *args, **kwargs)
 
     setup_external_storage._ray_valkey_spill = True
@@ -115,25 +100,15 @@ def patch(module) -> None:
     module.setup_external_storage = setup_external_storage
 
 
-def _called_from(function_name: str, depth: int = 6) -> bool:
-    frame = sys._getframe(2)
-    for _ in range(depth):
-        if frame is None:
-            return False
-        if frame.f_code.co_name == function_name:
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _setup_valkey(module, config, node_id, session_name):
     from .config import parse_spilling_config
+    from .spill import ray_compat
     from .spill.ray_storage import ValkeyStorage
 
     parse_spilling_config(config)  # one clear ConfigError for any bad field
     # Only the head's validation (Node.validate_external_storage) checks the server eagerly:
     # IO workers must register within 60 s, and ray.shutdown() must work with the server down.
-    validating = _called_from("validate_external_storage")
+    validating = ray_compat.head_validation_node() is not None
     storage = ValkeyStorage(node_id, session_name, check_server_now=validating,
                             **config["params"])
     module._external_storage = storage

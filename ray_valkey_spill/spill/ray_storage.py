@@ -1,6 +1,7 @@
 """The Ray ``ExternalStorage`` that spills to Valkey: a thin adapter over ``SpillEngine``.
 
-Imports Ray; loaded by the plug-in (``_plugin.py``) in the head's validation and in every
+Imports Ray (through ``ray_compat``, the one home of what differs between supported Ray
+versions); loaded by the plug-in (``_plugin.py``) in the head's validation and in every
 spill/restore IO worker. It turns Ray's calls into engine calls: plasma buffers become
 ``SpillObject``s, and a restore hands the engine's reader to Ray's ``_put_object_to_store``,
 which allocates the plasma buffer and reads the object straight into it.
@@ -12,10 +13,9 @@ import logging
 import os
 import sys
 
-from ray._private.external_storage import ExternalStorage
-
 from ..config import SpillConfig
 from . import keys as K
+from . import ray_compat
 from .engine import ObjectReader, SpillEngine, SpillObject
 from .heartbeat import Heartbeat, start_driver_heartbeat, stop_driver_heartbeat
 
@@ -44,7 +44,7 @@ def _in_io_worker() -> bool:
     return os.path.basename(sys.argv[0] if sys.argv else "") == "default_worker.py"
 
 
-class ValkeyStorage(ExternalStorage):
+class ValkeyStorage(ray_compat.external_storage_base()):
     """Spills Ray objects to Valkey under ``<prefix><session>:<node>:`` keys."""
 
     def __init__(self, node_id: str, session_name: str, *, check_server_now: bool = False,
@@ -83,10 +83,10 @@ class ValkeyStorage(ExternalStorage):
         object spilled, in order; a shorter list means the rest stay in memory for a retry."""
         if len(object_refs) == 0:
             return []
-        objects = self._get_objects_from_store(object_refs)
+        objects = ray_compat.objects_from_store(self, object_refs)
         return self.engine.spill([
             SpillObject(ref.hex(), None if buf is None else memoryview(buf), metadata, owner)
-            for ref, (buf, metadata, _), owner in zip(object_refs, objects, owner_addresses)])
+            for ref, (buf, metadata), owner in zip(object_refs, objects, owner_addresses)])
 
     def restore_spilled_objects(self, object_refs, url_with_offset_list) -> int:
         """Ray contract: restore each object into a new plasma buffer; returns bytes restored.

@@ -40,6 +40,8 @@ def _cmd_options(args) -> int:
 # Subcommands that own their argument parsing: name -> (module, help).
 _DELEGATED = {
     "stress": ("stress", "spill stress test through Ray, optionally beside filesystem spilling"),
+    "stress-versions": ("stress_versions", "the stress run through several Ray versions "
+                        "(one venv each), one row per version"),
     "bench": ("bench", "backend write/read benchmark against the raw server"),
     "bench-caches": ("bench_caches", "cache benchmark beside RedisVL and a naive JSON cache"),
     "bench-shards": ("bench_shards", "spill throughput on 1 vs N Valkey Cluster shards"),

@@ -315,9 +315,11 @@ def test_three_ray_nodes_restore_each_others_objects_and_survive_a_node_crash(vc
         "num_cpus": 1, "object_store_memory": 100 * MiB,
         "_system_config": {"object_spilling_config": config, "min_spilling_size": 0}})
     try:
+        # Driver first, on the head: Ray 2.40 and 2.50 may attach it to any raylet on this host.
+        ray.init(address=cluster.address)
         node_a = cluster.add_node(num_cpus=1, object_store_memory=100 * MiB, resources={"a": 1})
         cluster.add_node(num_cpus=1, object_store_memory=100 * MiB, resources={"b": 1})
-        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
 
         @ray.remote(resources={"a": 1}, max_retries=0)
         def produce(i):

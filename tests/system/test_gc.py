@@ -91,8 +91,10 @@ def dead_cluster(server, tmp_path_factory):
             "num_cpus": 0, "object_store_memory": 100 * MiB, "temp_dir": os.path.join(ray_tmp, "ray"),
             "include_dashboard": False,
             "_system_config": {"object_spilling_config": config, "min_spilling_size": 0}})
-        worker = cluster.add_node(num_cpus=1, object_store_memory=100 * MiB)
+        # Driver first, on the head: Ray 2.40 and 2.50 may attach it to any raylet on this host.
         ray.init(address=cluster.address)
+        worker = cluster.add_node(num_cpus=1, object_store_memory=100 * MiB)
+        cluster.wait_for_nodes()
 
         @ray.remote(num_cpus=1)
         def make(i):

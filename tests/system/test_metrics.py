@@ -221,9 +221,10 @@ def _total(samples, name: str, label: str = "") -> float:
 @pytest.fixture
 def ray_with_metrics(valkey_url, spill_prefix):
     import ray
-    from ray._private.utils import get_dashboard_dependency_error
 
-    if get_dashboard_dependency_error() is not None:
+    from ray_valkey_spill.spill.ray_compat import metrics_agent_missing
+
+    if metrics_agent_missing() is not None:
         pytest.skip("Ray's metrics agent needs ray[default] (pip install 'ray[default]')")
     port = _free_port()
     ray.init(

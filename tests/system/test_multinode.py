@@ -25,11 +25,14 @@ def two_node_cluster(valkey_url, spill_prefix):
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "object_store_memory": 100 * MiB,
         "_system_config": {"object_spilling_config": config, "min_spilling_size": 0}})
-    worker = cluster.add_node(num_cpus=1, object_store_memory=100 * MiB,
-                              resources={"worker_node": 1})
     import ray
 
+    # The driver connects while the head is the only node: Ray 2.40 and 2.50 may attach it to any
+    # raylet on this host (2.60 prefers the head), and the test kills the worker's.
     ray.init(address=cluster.address)
+    worker = cluster.add_node(num_cpus=1, object_store_memory=100 * MiB,
+                              resources={"worker_node": 1})
+    cluster.wait_for_nodes()
     yield ray, cluster, worker
     ray.shutdown()
     cluster.shutdown()

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from ray_valkey_spill import PluginError, _plugin
+from ray_valkey_spill import PluginError, __version__, _plugin
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -98,7 +98,10 @@ def test_wrong_ray_shape_gives_a_clear_error_naming_the_version():
         module.setup_external_storage({"type": "valkey", "params": {}}, "n")
     import ray
 
-    assert ray.__version__ in str(err.value) and "2.60" in str(err.value)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"Ray {ray.__version__}" in message and f"ray-valkey-spill {__version__}" in message
+    assert "supports Ray 2.40 to 2.60" in message and "setup_external_storage" in message
 
 
 def test_patch_is_idempotent():

@@ -163,10 +163,12 @@ def test_compression_pays_for_itself(valkey_url, valkey_client, spill_prefix, ki
     try:
         ref = ray.put(data)
         fill = [ray.put(np.zeros(10 * MiB // 8)) for _ in range(12)]  # pushes `ref` out first
-        assert wait_for(lambda: len(object_keys(valkey_client, spill_prefix)) > 16)
-        first = sorted(object_keys(valkey_client, spill_prefix))
-        # the first spilled object is `data`: find its chunks by object id
+        # the first spilled object is `data`: find its chunks by object id, once its manifest
+        # (written after all its chunks) is there; counting earlier missed a chunk under load
         oid = ref.hex()
+        assert wait_for(lambda: any(oid.encode() in k and k.endswith(b":m")
+                                    for k in object_keys(valkey_client, spill_prefix)))
+        first = sorted(object_keys(valkey_client, spill_prefix))
         mine = [k for k in first if oid.encode() in k and not k.endswith(b":m")]
         assert len(mine) >= 16  # 16 MiB of data plus the serialization header
         ratio = sum(valkey_client.strlen(k) for k in mine) / data.nbytes
