@@ -118,9 +118,10 @@ def _dtype_from_tag(tag: bytes) -> np.dtype:
             import ml_dtypes
 
             dtype = np.dtype(getattr(ml_dtypes, text))
-        except (ImportError, AttributeError):
+        except (ImportError, AttributeError, TypeError) as exc:
             if text != "bfloat16":
-                raise
+                raise CorruptValueError(f"dtype tag {text!r} is not a dtype this reader knows "
+                                        "(numpy or ml_dtypes)") from exc
             # Without ml_dtypes, bfloat16 comes back as its exact uint16 bits.
             dtype = np.dtype("<u2")
     ml = (dtype.type.__module__ or "").startswith("ml_dtypes")
