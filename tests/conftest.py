@@ -17,9 +17,11 @@ import pytest
 
 from ray_valkey_spill import EmbeddedValkey, spilling_config
 from ray_valkey_spill.keyspace import scan_keys
+from ray_valkey_spill.prefixes import EMBEDDING_PREFIX, KV_PREFIX, SESSION_PREFIX, SPILL_PREFIX
 from ray_valkey_spill.spill.engine import SpillObject
 from ray_valkey_spill.spill.keys import is_manifest_key, parse_spill_url
 from ray_valkey_spill.testing.harness import SpillHarness
+from support import unique_prefixes
 
 MiB = 1024 * 1024
 TIERS = ("unit", "integration", "system")
@@ -67,11 +69,16 @@ def valkey_client(valkey_url):
 @pytest.fixture
 def spill_prefix(valkey_client):
     """A unique ``ray``-style prefix for one test; its keys are removed afterwards."""
-    prefix = f"ray:t{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    keys = scan_keys(valkey_client, prefix + "*")
-    if keys:
-        valkey_client.unlink(*keys)
+    with unique_prefixes(valkey_client, ray=SPILL_PREFIX) as prefixes:
+        yield prefixes["ray"]
+
+
+@pytest.fixture
+def prefixes(valkey_client):
+    """Unique emb/kv/session prefixes for one test, cleaned with SCAN afterwards."""
+    with unique_prefixes(valkey_client, emb=EMBEDDING_PREFIX, kv=KV_PREFIX,
+                         session=SESSION_PREFIX) as out:
+        yield out
 
 
 def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2) -> bool:

@@ -3,9 +3,13 @@ extras have a conftest of their own, so these cannot live in tests/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import types
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 
 # -- the shipped ACL (cluster_configs/base), rendered as the Valkey pods' init containers do ----
@@ -46,3 +50,37 @@ def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     out = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     out.pop("info", None)
     return out
+
+
+# -- per-test key ranges on a shared server ----------------------------------------------------
+@contextlib.contextmanager
+def unique_prefixes(client, **bases: str) -> Iterator[dict[str, str]]:
+    """``{name: "<base>t<uid>:"}`` for one test; every key under them is removed afterwards
+    with SCAN (never FLUSHALL: the server may be shared, see RVS_TEST_URL)."""
+    from ray_valkey_spill.keyspace import unlink_matching
+
+    uid = uuid.uuid4().hex[:10]
+    out = {name: f"{base}t{uid}:" for name, base in bases.items()}
+    try:
+        yield out
+    finally:
+        for prefix in out.values():
+            unlink_matching(client, prefix + "*")
+
+
+# -- a stand-in for ray._private.external_storage (the plug-in's shape checks) ----------------
+def fake_external_storage(base: type = object, signature_ok: bool = True) -> types.ModuleType:
+    """A module shaped like Ray's ``external_storage``: ``setup_external_storage`` (with Ray's
+    signature, or one parameter short) returning ``("original", type)``, and ``base`` as its
+    ``ExternalStorage``."""
+    module = types.ModuleType("fake_external_storage")
+    if signature_ok:
+        def setup_external_storage(config, node_id, session_name):
+            return ("original", config["type"])
+    else:
+        def setup_external_storage(config, node_id):
+            return ("original", config["type"])
+    module.setup_external_storage = setup_external_storage
+    module.ExternalStorage = base
+    module._external_storage = None
+    return module

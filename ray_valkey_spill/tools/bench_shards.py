@@ -39,6 +39,8 @@ import uuid
 import numpy as np
 import xxhash
 
+from .cli_options import report_problems
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -233,10 +235,7 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"config": vars(args), "environment": env, "medians": medians,
                        "runs": runs, "ok": not errors}, f, indent=2, default=str)
-    if errors:
-        print(f"FAILED: {len(errors)} problem(s), e.g. {errors[0]}", file=sys.stderr)
-        return 1
-    return 0
+    return report_problems(errors)
 
 
 if __name__ == "__main__":

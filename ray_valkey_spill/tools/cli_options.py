@@ -55,6 +55,14 @@ def config_from_args(args: argparse.Namespace, **extra) -> SpillConfig:
     return SpillConfig.from_params(params)
 
 
+def report_problems(problems: list) -> int:
+    """EXIT_OK, or EXIT_FINDINGS after one line naming how many problems a run found."""
+    if not problems:
+        return EXIT_OK
+    print(f"FAILED: {len(problems)} problem(s), e.g. {problems[0]}", file=sys.stderr)
+    return EXIT_FINDINGS
+
+
 def fail(command: str, exc: RayValkeySpillError) -> int:
     """Print one clear line for an error of the package; return EXIT_USAGE."""
     print(f"ray-valkey-spill {command}: {exc}", file=sys.stderr)

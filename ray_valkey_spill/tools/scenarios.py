@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..testing.embedded import EmbeddedValkey
+from .cli_options import report_problems
 from .deployed_server import DeployedValkey, default_configs_dir
 from .multinode import ARRAY_KINDS, FAST_DETECTION, ClusterShape, SpillTarget, cross_node_run, lost_node_run
 from .rawclient import RawClient
@@ -533,10 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps({"command": command, "config": config, "environment": env,
                                 "summary": summary, "table": table, "errors": errors,
                                 "ok": not errors}, indent=2, default=str))
-    if errors:
-        print(f"FAILED: {len(errors)} problem(s), e.g. {errors[0]}", file=sys.stderr)
-        return 1
-    return 0
+    return report_problems(errors)
 
 
 if __name__ == "__main__":

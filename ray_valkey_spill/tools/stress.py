@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 from ..testing.embedded import EmbeddedValkey, add_transport_argument
+from .cli_options import EXIT_OK, report_problems
 from .workload import RunResult, add_workload_options, environment, run_once
 
 
@@ -160,10 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"config": config, "environment": env, "summary": summary,
                        "ok": not failures}, f, indent=2, default=str)
     if failures:
-        print(f"FAILED: {len(failures)} problem(s), e.g. {failures[0]}", file=sys.stderr)
-        return 1
+        return report_problems(failures)
     print("OK: no object lost or corrupted, no key left behind")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

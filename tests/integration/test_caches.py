@@ -23,25 +23,13 @@ from ray_valkey_spill.caches import (ArrayCodec, CacheValueError, CorruptValueEr
                                      EmbeddingCache, EvictionPolicyWarning, KVCache, SessionStore)
 from ray_valkey_spill.connection import connect
 from ray_valkey_spill.testing.embedded import EmbeddedValkey
-from ray_valkey_spill.keyspace import scan_keys, unlink_keys
+from ray_valkey_spill.keyspace import scan_keys
 
 DIM = 768
 
 
 def _uid() -> str:
     return uuid.uuid4().hex[:10]
-
-
-@pytest.fixture
-def prefixes(valkey_client):
-    """Unique emb/kv/session prefixes for one test, cleaned with SCAN afterwards."""
-    uid = _uid()
-    out = {"emb": f"emb:t{uid}:", "kv": f"vllm:kv:t{uid}:", "session": f"session:t{uid}:"}
-    yield out
-    for prefix in out.values():
-        keys = scan_keys(valkey_client, prefix + "*")
-        if keys:
-            unlink_keys(valkey_client, keys)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from support import commandstats, command_delta
 from ray_valkey_spill import (BackendUnavailableError, ConfigError, EmbeddedValkey, EmbeddingCache,
                               SessionStore, SpillConfig)
 from ray_valkey_spill.connection import connect_async
-from ray_valkey_spill.keyspace import scan_keys, unlink_keys
 
 DIM = 64
 
@@ -28,17 +27,6 @@ def _uid() -> str:
 
 def _vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-
-
-@pytest.fixture
-def prefixes(valkey_client):
-    uid = _uid()
-    out = {"emb": f"emb:a{uid}:", "session": f"session:a{uid}:"}
-    yield out
-    for prefix in out.values():
-        keys = scan_keys(valkey_client, prefix + "*")
-        if keys:
-            unlink_keys(valkey_client, keys)
 
 
 @pytest.fixture(scope="module")

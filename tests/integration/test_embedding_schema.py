@@ -16,7 +16,6 @@ from ray_valkey_spill import CacheValueError, ConfigError, EmbeddedValkey, Embed
 from ray_valkey_spill.caches._base import DEFAULT_MAX_BULK_BYTES, _bulk_limits, max_value_bytes
 from ray_valkey_spill.caches._schema import EmbeddingSchema
 from ray_valkey_spill.caches._values import ArrayCodec
-from ray_valkey_spill.keyspace import scan_keys, unlink_keys
 
 DIM = 16
 
@@ -30,12 +29,8 @@ def _vectors(n: int, dim: int = DIM) -> np.ndarray:
 
 
 @pytest.fixture
-def prefix(valkey_client):
-    p = f"emb:s{_uid()}:"
-    yield p
-    keys = scan_keys(valkey_client, p + "*")
-    if keys:
-        unlink_keys(valkey_client, keys)
+def prefix(prefixes):
+    return prefixes["emb"]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ dtype or tensor-parallel rank never collide and never come back as a hit."""
 
 from __future__ import annotations
 
-import uuid
 
 import numpy as np
 import pytest
@@ -15,12 +14,8 @@ SHAPE = (4, 2, 16, 2, 32)
 
 
 @pytest.fixture
-def kv_prefix(valkey_client):
-    prefix = f"vllm:kv:t{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    keys = scan_keys(valkey_client, prefix + "*")
-    if keys:
-        valkey_client.unlink(*keys)
+def kv_prefix(prefixes):
+    return prefixes["kv"]
 
 
 def _block(dtype=np.float16, shape=SHAPE, seed=0):

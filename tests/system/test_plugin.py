@@ -4,10 +4,10 @@ import os
 import subprocess
 import sys
 import sysconfig
-import types
 
 import pytest
 
+from support import fake_external_storage
 from ray_valkey_spill import PluginError, __version__, _plugin
 
 
@@ -76,22 +76,8 @@ def test_bad_params_give_a_config_error_through_ray():
                                  "ab" * 28, "s")
 
 
-def _fake_module(signature_ok: bool):
-    module = types.ModuleType("fake_external_storage")
-    if signature_ok:
-        def setup_external_storage(config, node_id, session_name):
-            return ("original", config["type"])
-    else:
-        def setup_external_storage(config, node_id):
-            return ("original", config["type"])
-    module.setup_external_storage = setup_external_storage
-    module.ExternalStorage = object
-    module._external_storage = None
-    return module
-
-
 def test_wrong_ray_shape_gives_a_clear_error_naming_the_version():
-    module = _fake_module(signature_ok=False)
+    module = fake_external_storage(signature_ok=False)
     _plugin.patch(module)
     assert module.setup_external_storage({"type": "filesystem"}, "n") == ("original", "filesystem")
     with pytest.raises(PluginError) as err:
@@ -105,7 +91,7 @@ def test_wrong_ray_shape_gives_a_clear_error_naming_the_version():
 
 
 def test_patch_is_idempotent():
-    module = _fake_module(signature_ok=True)
+    module = fake_external_storage()
     _plugin.patch(module)
     patched = module.setup_external_storage
     _plugin.patch(module)

@@ -11,6 +11,7 @@ import types
 
 import pytest
 
+from support import fake_external_storage
 from ray_valkey_spill import PluginError, __version__, _plugin
 from ray_valkey_spill.spill import ray_compat
 
@@ -40,18 +41,6 @@ def test_the_version_range_matches_the_dependency_pin():
     assert f"ray>={low},<{next_minor}" in deps
 
 
-def _module_with(base: type) -> types.ModuleType:
-    module = types.ModuleType("fake_external_storage")
-
-    def setup_external_storage(config, node_id, session_name):
-        return ("original", config["type"])
-
-    module.setup_external_storage = setup_external_storage
-    module.ExternalStorage = base
-    module._external_storage = None
-    return module
-
-
 def test_a_changed_plasma_helper_is_refused_with_one_line_naming_both_versions():
     from ray._private.external_storage import ExternalStorage
 
@@ -59,7 +48,7 @@ def test_a_changed_plasma_helper_is_refused_with_one_line_naming_both_versions()
         def _put_object_to_store(self, metadata, data_size, file_like, object_ref):
             pass
 
-    module = _module_with(Changed)
+    module = fake_external_storage(Changed)
     problem = ray_compat.shape_problem(module)
     assert problem and "_put_object_to_store" in problem
     _plugin.patch(module)
