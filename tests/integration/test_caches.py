@@ -40,19 +40,28 @@ def private_server():
 
 
 class _RoundTrips:
-    """Counts socket sends (one per round trip: a pipeline is packed and sent in one call)."""
+    """Counts pipeline sends (one per round trip): valkey-py's packed sends and direct_io's
+    gather-list sends."""
 
     def __init__(self, monkeypatch):
         import valkey.connection
 
+        from ray_valkey_spill import direct_io
+
         self.count = 0
         original = valkey.connection.AbstractConnection.send_packed_command
+        original_send_all = direct_io.send_all
 
         def counting(conn, command, check_health=True):
             self.count += 1
             return original(conn, command, check_health)
 
+        def counting_send_all(sock, parts):
+            self.count += 1
+            return original_send_all(sock, parts)
+
         monkeypatch.setattr(valkey.connection.AbstractConnection, "send_packed_command", counting)
+        monkeypatch.setattr(direct_io, "send_all", counting_send_all)
 
 
 def test_importing_caches_shedding_and_stats_does_not_import_ray():

@@ -105,6 +105,60 @@ def test_misfit_writes_raise_naming_the_item_and_send_nothing(private_server_cli
     assert cache.get_many(["ok0", "ok2"]) == [None, None]
 
 
+# A batch of plain lists (what LangChain hands over) or one 2-D array is checked in one pass;
+# one bad row must still be found and named, exactly as in a batch of separate arrays.
+# (A 2-D array has one dtype for all rows, so only values, not types, can misfit in one row.)
+BATCH_MISFITS = [
+    ([1.0] * (DIM + 1), "declares dimension 16", False),
+    ([float("nan")] + [0.0] * (DIM - 1), "NaN or infinite", True),
+    ([1e300] * DIM, "NaN or infinite", True),
+    ([1j] * DIM, "does not cast", False),
+    (["0.5"] * DIM, "does not cast", False),
+    ([True] * DIM, "does not cast", False),
+    ([None] * DIM, "does not cast", False),
+    ([], "declares dimension 16", False),
+]
+
+
+@pytest.mark.parametrize("bad, reason, as_array", [
+    (bad, reason, as_array) for bad, reason, array_too in BATCH_MISFITS
+    for as_array in ((False, True) if array_too else (False,))])
+def test_one_misfit_row_in_a_batch_is_named(private_server_client, bad, reason, as_array):
+    client, url = private_server_client
+    cache = EmbeddingCache(url, f"m{_uid()}", dimension=DIM, ttl_seconds=60)
+    rows = [_vectors(1)[0].tolist(), bad, _vectors(2)[1].tolist()]
+    rows = np.array(rows) if as_array else rows
+    before = commandstats(client)
+    with pytest.raises(CacheValueError, match=reason) as info:
+        cache.put_many(["ok0", "bad one", "ok2"], rows)
+    assert info.value.failed.keys() == {1} and "'bad one'" in info.value.failed[1]
+    assert commandstats(client) == before
+
+
+@pytest.mark.parametrize("keep_texts", [False, True])
+@pytest.mark.parametrize("zstd_level", [None, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_a_batch_is_stored_byte_for_byte_as_its_rows_one_by_one(
+        private_server_client, keep_texts, zstd_level, dtype):
+    client, url = private_server_client
+    texts = [f"t{i}" for i in range(8)]
+    ints = np.arange(8 * DIM).reshape(8, DIM) % 100  # values every dtype holds exactly
+    rows = ints.tolist() if dtype == "int8" else ints.astype(float).tolist()
+    name = f"m{_uid()}"
+    options = dict(dimension=DIM, dtype=dtype, ttl_seconds=60, keep_texts=keep_texts,
+                   zstd_level=zstd_level)
+    batched = EmbeddingCache(url, name, prefix="emb:batch:", **options)
+    single = EmbeddingCache(url, name, prefix="emb:single:", **options)
+    assert batched.schema.coerce_rows(rows) is not None  # the one-pass path is the one tested
+    assert batched.put_many(texts, rows) == 8
+    for text, row in zip(texts, rows):
+        assert single.put(text, row)
+    assert [client.get(k) for k in batched.keys(texts)] == [client.get(k) for k in single.keys(texts)]
+    assert all(np.array_equal(got, row) for got, row in zip(batched.get_many(texts), rows))
+    batched.clear()
+    single.clear()
+
+
 @pytest.fixture(scope="module")
 def private_server_client():
     with EmbeddedValkey() as server:
