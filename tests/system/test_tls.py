@@ -262,3 +262,25 @@ def test_async_clients_verify_like_the_sync_one(tls):
         asyncio.run(ping(cfg(tls, "mtls", ssl_ca_certs=tls["ca"])))
     assert asyncio.run(ping(cfg(tls, "mtls", ssl_ca_certs=tls["ca"], ssl_certfile=tls["cert"],
                                 ssl_keyfile=tls["key"])))
+
+
+def test_caches_write_and_read_through_tls(tls):
+    """Cache batches go through direct_io's gather-list send, which TLS sockets cannot take
+    (no sendmsg): they must fall back to plain sends and still store every byte."""
+    import numpy as np
+
+    from ray_valkey_spill.caches import EmbeddingCache, KVCache
+
+    config = cfg(tls, "tls", ssl_ca_certs=tls["ca"])
+    emb = EmbeddingCache(config, f"tls{uuid.uuid4().hex[:8]}", dimension=64, ttl_seconds=60,
+                         stats_flush_seconds=None)
+    vectors = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
+    texts = [f"t{i}" for i in range(300)]
+    assert emb.put_many(texts, vectors) == 300
+    assert all(np.array_equal(g, v) for g, v in zip(emb.get_many(texts), vectors))
+    kv = KVCache(config, f"tls{uuid.uuid4().hex[:8]}", ttl_seconds=60, stats_flush_seconds=None)
+    tokens = list(range(16 * 4))
+    blocks = [np.full((4, 128), i, np.float16) for i in range(4)]
+    assert kv.put(tokens, blocks) == 4
+    assert all(np.array_equal(g, b) for g, b in zip(kv.get(tokens), blocks))
+    assert emb.clear() == 300 and kv.clear() == 4
