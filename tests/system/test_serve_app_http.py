@@ -63,7 +63,7 @@ def test_embed_endpoint_serves_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(CONFIGS / "ray"))
     port = free_port()
     try:
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never attach to another Ray
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         from embed_service.app import app
 
