@@ -146,12 +146,6 @@ def test_async_methods_need_a_url_or_an_async_client(valkey_client, prefixes):
     with pytest.raises(ConfigError, match="async_client"):
         EmbeddingCache(valkey_client, "m", ttl_seconds=60, async_client=valkey_client)
 
-    async def cluster():
-        connect_async("valkey+cluster://127.0.0.1:1")
-
-    with pytest.raises(ConfigError, match="Cluster"):
-        asyncio.run(cluster())
-
     async def explicit():
         aclient = valkey.asyncio.Valkey.from_url(
             f"redis://{valkey_client.connection_pool.connection_kwargs['host']}:"
