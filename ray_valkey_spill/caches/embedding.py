@@ -13,8 +13,9 @@ Each has an ``a``-prefixed coroutine twin on valkey.asyncio with the same round 
 and async methods share every step but the I/O itself.
 
 On Valkey Cluster (sync or async) a batch costs one round trip per node holding any of its
-keys: valkey-py groups the per-slot MGETs, SETs or UNLINKs into one pipeline per node (the
-async client sends the nodes' pipelines concurrently, the sync one in turn).
+keys: valkey-py groups the per-slot MGETs, SETs or UNLINKs into one pipeline per node, and the
+nodes' round trips overlap (the sync client writes to every node before reading any reply, the
+async one runs the nodes concurrently).
 """
 
 from __future__ import annotations
