@@ -69,6 +69,17 @@ class AsyncSends:
         monkeypatch.setattr(conn_mod.AbstractConnection, "send_packed_command", counting)
 
 
+# -- Valkey Cluster ---------------------------------------------------------------------------
+def keys_per_primary(cluster, prefix: str) -> dict[int, list[bytes]]:
+    """{primary index: its keys under ``prefix``} of an EmbeddedValkeyCluster, by SCAN on each
+    primary itself (never only through a cluster client)."""
+    out = {}
+    for i in cluster.primary_indexes():
+        with cluster.nodes[i].client(socket_timeout=10) as c:
+            out[i] = list(c.scan_iter(match=prefix + "*", count=1000))
+    return out
+
+
 # -- per-test key ranges on a shared server ----------------------------------------------------
 @contextlib.contextmanager
 def unique_prefixes(client, **bases: str) -> Iterator[dict[str, str]]:

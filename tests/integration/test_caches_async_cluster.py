@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from valkey.cluster import key_slot
 
-from support import AsyncSends, command_delta, commandstats
+from support import AsyncSends, command_delta, commandstats, keys_per_primary
 from ray_valkey_spill import (BackendUnavailableError, ConfigError, EmbeddingCache, SessionStore,
                               SpillConfig)
 from ray_valkey_spill.caches._base import STATS_TTL_SECONDS
@@ -39,26 +39,17 @@ def prefix(vcluster):
     """A unique ``emb:`` prefix for one test; its keys are removed from every primary after."""
     head = f"emb:ac{uuid.uuid4().hex[:10]}:"
     yield head
-    for i, keys in per_primary(vcluster, head).items():
+    for i, keys in keys_per_primary(vcluster, head).items():
         with vcluster.nodes[i].client() as client:
             for key in keys:
                 client.unlink(key)
-
-
-def per_primary(cluster, pattern_head: str) -> dict[int, list[bytes]]:
-    """{primary index: its keys starting with ``pattern_head``}, by SCAN on each primary."""
-    out = {}
-    for i in cluster.primary_indexes():
-        with cluster.nodes[i].client(socket_timeout=10) as c:
-            out[i] = list(c.scan_iter(match=pattern_head + "*", count=1000))
-    return out
 
 
 def assert_every_key_expires(cluster, pattern_head: str, ttl_seconds: int = TTL_SECONDS) -> int:
     """Every key under ``pattern_head``, on every primary, has a TTL of at most
     ``ttl_seconds`` (the published counters: of theirs); returns how many keys there are."""
     total = 0
-    for i, keys in per_primary(cluster, pattern_head).items():
+    for i, keys in keys_per_primary(cluster, pattern_head).items():
         with cluster.nodes[i].client(socket_timeout=10) as c:
             pipe = c.pipeline(transaction=False)
             for key in keys:
@@ -153,7 +144,7 @@ def test_async_embedding_round_trip_spreads_over_every_primary(vcluster, prefix,
         return put_sends, got, get_sends, single, listed, some, deleted, deleted_sends
 
     put_sends, got, get_sends, single, listed, some, deleted, deleted_sends = asyncio.run(run())
-    spread = {i: len(k) for i, k in per_primary(vcluster, prefix).items()}
+    spread = {i: len(k) for i, k in keys_per_primary(vcluster, prefix).items()}
     assert len(spread) == 3 and min(spread.values()) > 50, spread  # every primary holds some
     assert put_sends == get_sends == 3  # one round trip per node, not per key or slot
     assert deleted_sends == len(owners(vcluster, cache.keys(texts[:50] + ["never stored"])))
