@@ -91,7 +91,8 @@ class SessionStore:
         return self.client.pipeline(transaction=not self._cluster)
 
     def _apipe(self, client: Any = None):
-        client = client or self._aclient()
+        if client is None:
+            client = self._aclient()
         return client.pipeline(transaction=not is_cluster(client))  # as ``_pipe``
 
     def _expire_both(self, pipe, turns_key: str, results_key: str) -> None:
