@@ -148,21 +148,20 @@ class SessionStore:
     def _execute_once(self, turns_key: str, commands: list[tuple]) -> list:
         """Run ``commands`` in one MULTI/EXEC that is never sent twice (module doc); return
         EXEC's replies."""
-        import valkey
-
         if self._cluster:
-            # Both keys share a hash tag: one slot, one primary, where MULTI works. A MOVED
-            # (slot migrated) aborts the transaction before anything ran: refresh, try once more.
+            # Both keys share a hash tag: one slot, one primary, where MULTI works.
             for attempt in (1, 2):
                 node = self.client.get_node_from_key(turns_key)
                 try:
                     return self._transaction_once(node.valkey_connection.connection_pool,
                                                   turns_key, commands)
-                except (valkey.exceptions.MovedError, valkey.exceptions.ExecAbortError,
-                        valkey.exceptions.AskError):
+                except _stale_slot_map_errors():
                     if attempt == 2:
                         raise
-                    self.client.nodes_manager.initialize()
+                    try:
+                        self.client.nodes_manager.initialize()
+                    except _refresh_errors():
+                        pass  # no node answers now: the second attempt reports the outage
         return self._transaction_once(self.client.connection_pool, turns_key, commands)
 
     @staticmethod
@@ -351,19 +350,38 @@ class SessionStore:
 
 async def _acluster_transaction_once(client: Any, turns_key: str, commands: list[tuple]) -> list:
     """``SessionStore._execute_once`` on a valkey.asyncio ValkeyCluster: the MULTI/EXEC goes,
-    once, to the primary holding the session's slot (both keys share a hash tag); a MOVED or
-    ASK (slot migrated) aborts it before anything ran: refresh the slot map, try once more."""
-    import valkey
-
+    once, to the primary holding the session's slot (both keys share a hash tag); after an
+    error that ran nothing and may mean a stale slot map, refresh it and try once more."""
     await client.initialize()  # the slot map (a no-op once the client has run a command)
     try:
         return await _atransaction_once(_NodeConnections(client.get_node_from_key(turns_key)),
                                         turns_key, commands)
-    except (valkey.exceptions.MovedError, valkey.exceptions.ExecAbortError,
-            valkey.exceptions.AskError):
-        await client.nodes_manager.initialize()
+    except _stale_slot_map_errors():
+        try:
+            await client.nodes_manager.initialize()
+        except _refresh_errors():
+            pass  # no node answers now: the second attempt reports the outage
     return await _atransaction_once(_NodeConnections(client.get_node_from_key(turns_key)),
                                     turns_key, commands)
+
+
+def _stale_slot_map_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a cluster append that ran nothing and may mean the slot map is stale: MOVED
+    or ASK (the slot migrated) abort the MULTI before anything ran, and a failed connect sent
+    nothing (the primary may have failed over). A failure after sending is never among them:
+    ``_transaction_once`` turns it into a BackendUnavailableError, which is never retried."""
+    import valkey
+
+    e = valkey.exceptions
+    return (e.MovedError, e.AskError, e.ExecAbortError, e.ConnectionError, e.TimeoutError)
+
+
+def _refresh_errors() -> tuple[type[BaseException], ...]:
+    """What a slot-map refresh raises when no node answers."""
+    import valkey
+
+    e = valkey.exceptions
+    return (e.ValkeyClusterException, e.ConnectionError, e.TimeoutError)
 
 
 class _NodeConnections:

@@ -385,3 +385,50 @@ def test_an_explicit_async_cluster_client_is_used_and_bad_ones_are_refused(vclus
         store.delete("s")
     finally:
         sync_client.close()
+
+
+def test_appends_reach_the_new_primary_after_a_failover():
+    """The primary of the sessions' slots dies and its replica takes over: a failed connect
+    sent nothing, so the append refreshes the slot map and tries once more (sync and async),
+    instead of failing until some other command happens to refresh it."""
+    import time
+
+    with EmbeddedValkeyCluster(primaries=3, replicas=1, config={"maxmemory": "32mb"}) as cluster:
+        config = SpillConfig.from_params({"url": cluster.url, "socket_timeout_s": 0.5,
+                                          "connect_timeout_s": 0.5, "retries": 1})
+        store = SessionStore(config, ttl_seconds=TTL_SECONDS)
+        owner = cluster.slot_owner(key_slot(store._keys("sync")[0].encode()))
+        async_id = next(f"async{i}" for i in range(10_000)
+                        if cluster.slot_owner(key_slot(store._keys(f"async{i}")[0].encode()))
+                        == owner)
+
+        async def append_async(turn: str) -> int:
+            return await store.aappend(async_id, turn)
+
+        async def run():
+            assert store.append("sync", "before") == 1 and await append_async("before") == 1
+            cluster.kill_node(owner)
+            done: dict[str, int] = {}
+            deadline = time.monotonic() + 30
+            while len(done) < 2 and time.monotonic() < deadline:
+                for name, append in (("sync", lambda: store.append("sync", "after")),
+                                     ("async", None)):
+                    if name in done:
+                        continue
+                    try:
+                        done[name] = append() if append else await append_async("after")
+                    except BackendUnavailableError:
+                        pass  # the failover is not over yet (or the turn may be stored)
+                await asyncio.sleep(0.5)
+            return done, await store.alast(async_id, 10)
+
+        done, async_turns = asyncio.run(run())
+        assert set(done) == {"sync", "async"}, done
+        # A failed attempt may have stored its turn (it says so); the one that succeeded
+        # stored it once, last.
+        assert async_turns[0] == "before" and async_turns[-1] == "after"
+        assert done["async"] == len(async_turns) and async_turns.count("before") == 1
+        sync_turns = store.last("sync", 10)
+        assert sync_turns[0] == "before" and sync_turns[-1] == "after"
+        assert done["sync"] == len(sync_turns)
+        close_all()
