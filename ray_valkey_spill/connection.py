@@ -6,7 +6,9 @@ is imported here only, and lazily, so that importing the package stays cheap.
 
 ``connect_async`` is its asyncio twin: a valkey.asyncio connection belongs to the event loop
 that opened it, so there is one pool per event loop per server config, built from the same
-keyword arguments (user, password source, TLS files, timeouts, retries) as the sync client.
+keyword arguments (user, password source, TLS files, timeouts, retries) and the same pool
+bound as the sync client. A cluster URL gives valkey-py's ``ValkeyCluster`` in both worlds
+(``valkey.cluster`` or ``valkey.asyncio.cluster``), with one bounded set of connections per node.
 """
 
 from __future__ import annotations
@@ -90,6 +92,11 @@ def connection_kwargs(config: SpillConfig, *, for_asyncio: bool = False) -> dict
     return kwargs
 
 
+def _max_connections(config: SpillConfig) -> int:
+    """The pool bound of every client of ``config`` (per node on a cluster)."""
+    return 4 * config.connections + 8
+
+
 def _new_client(config: SpillConfig, for_asyncio: bool = False):
     if for_asyncio:
         import valkey.asyncio as valkey
@@ -99,24 +106,24 @@ def _new_client(config: SpillConfig, for_asyncio: bool = False):
     kwargs = connection_kwargs(config, for_asyncio=for_asyncio)
     if config.address.cluster:
         if for_asyncio:
-            raise ConfigError("url", config.address.display(),
-                              "a standalone server: the async API does not support Valkey "
-                              "Cluster yet (use the synchronous methods)")
-        from valkey.cluster import ValkeyCluster
+            from valkey.asyncio.cluster import ValkeyCluster
+        else:
+            from valkey.cluster import ValkeyCluster
 
-        # The cluster client keeps one pool per node; each is bounded the same way.
-        return ValkeyCluster(max_connections=4 * config.connections + 8, **kwargs)
+        # The cluster client keeps one pool per node; each is bounded the same way (a node
+        # whose pool is exhausted raises instead of waiting, in both clients).
+        return ValkeyCluster(max_connections=_max_connections(config), **kwargs)
     unix = kwargs.pop("unix_socket_path", None)
     if unix:
         pool = valkey.BlockingConnectionPool(
             connection_class=valkey.UnixDomainSocketConnection, path=unix,
-            max_connections=4 * config.connections + 8, timeout=config.socket_timeout_s,
+            max_connections=_max_connections(config), timeout=config.socket_timeout_s,
             **{k: v for k, v in kwargs.items() if k not in ("socket_keepalive",)})
     else:
         if kwargs.pop("ssl", False):
             kwargs["connection_class"] = valkey.SSLConnection
         pool = valkey.BlockingConnectionPool(
-            max_connections=4 * config.connections + 8, timeout=config.socket_timeout_s,
+            max_connections=_max_connections(config), timeout=config.socket_timeout_s,
             **kwargs)
     return valkey.Valkey(connection_pool=pool)
 
@@ -141,10 +148,12 @@ def connect(target: Any, **options: Any):
 
 def connect_async(target: Any, **options: Any):
     """Return the running event loop's shared valkey.asyncio client for ``target`` (a URL or
-    SpillConfig). Call it from a coroutine; creating the client does no I/O.
+    SpillConfig): a ``valkey.asyncio.Valkey``, or for a cluster URL a
+    ``valkey.asyncio.cluster.ValkeyCluster`` (it discovers the nodes on its first command).
+    Call it from a coroutine; creating the client does no I/O.
 
     Raises:
-        ConfigError: bad options, a cluster URL, or no running event loop.
+        ConfigError: bad options, or no running event loop.
         BackendUnavailableError: the client cannot be set up (bad TLS files, ...).
     """
     config = _as_config(target, **options)

@@ -52,6 +52,34 @@ def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     return out
 
 
+class AsyncSends:
+    """Counts packed sends of valkey.asyncio connections (standalone or cluster nodes): one per
+    round trip. Install with a pytest ``monkeypatch``."""
+
+    def __init__(self, monkeypatch):
+        import valkey.asyncio.connection as conn_mod
+
+        self.count = 0
+        original = conn_mod.AbstractConnection.send_packed_command
+
+        async def counting(conn, command, check_health=True):
+            self.count += 1
+            return await original(conn, command, check_health)
+
+        monkeypatch.setattr(conn_mod.AbstractConnection, "send_packed_command", counting)
+
+
+# -- Valkey Cluster ---------------------------------------------------------------------------
+def keys_per_primary(cluster, prefix: str) -> dict[int, list[bytes]]:
+    """{primary index: its keys under ``prefix``} of an EmbeddedValkeyCluster, by SCAN on each
+    primary itself (never only through a cluster client)."""
+    out = {}
+    for i in cluster.primary_indexes():
+        with cluster.nodes[i].client(socket_timeout=10) as c:
+            out[i] = list(c.scan_iter(match=prefix + "*", count=1000))
+    return out
+
+
 # -- per-test key ranges on a shared server ----------------------------------------------------
 @contextlib.contextmanager
 def unique_prefixes(client, **bases: str) -> Iterator[dict[str, str]]:

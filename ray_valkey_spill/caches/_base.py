@@ -50,13 +50,14 @@ def resolve_client(client_or_url: Any, **options: Any):
 
 
 def async_source(client_or_url: Any, async_client: Any) -> Any:
-    """What the async methods get their client from: an explicit valkey.asyncio client, else the
-    URL/SpillConfig (one pool per event loop through ``connect_async``), else None."""
+    """What the async methods get their client from: an explicit valkey.asyncio client
+    (``Valkey`` or ``cluster.ValkeyCluster``), else the URL/SpillConfig (one pool per event loop
+    through ``connect_async``), else None."""
     if async_client is not None:
-        if not hasattr(async_client, "pipeline") or not _is_async_client(async_client) \
-                or is_cluster(async_client) or hasattr(async_client, "get_node_from_key"):
+        if not hasattr(async_client, "pipeline") or not _is_async_client(async_client):
             raise ConfigError("async_client", type(async_client).__name__,
-                              "a standalone valkey.asyncio client, or None")
+                              "a valkey.asyncio client (Valkey or cluster.ValkeyCluster), "
+                              "or None")
         return async_client
     return client_or_url if isinstance(client_or_url, (str, SpillConfig)) else None
 
@@ -82,7 +83,16 @@ def async_client(source: Any, owner: str):
 
 
 def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a ValkeyCluster client, sync or valkey.asyncio."""
     return hasattr(client, "mget_nonatomic")
+
+
+async def amget(aclient: Any, keys: list) -> list[Any]:
+    """MGET on a valkey.asyncio client: one command on a standalone server; on a cluster one
+    MGET per slot, grouped into one pipeline per node, the nodes' sent concurrently."""
+    if is_cluster(aclient):
+        return await aclient.mget_nonatomic(keys)
+    return await aclient.mget(keys)
 
 
 def check_ttl(field: str, value: Any) -> int:
@@ -330,7 +340,8 @@ class KeyedArrayCache:
 
     async def _awrite(self, aclient: Any, keys: list[str], payloads: list[bytes],
                       names: Any = None) -> int:
-        """``_write`` on a valkey.asyncio client: the same single pipeline."""
+        """``_write`` on a valkey.asyncio client: the same single pipeline (on a cluster, one
+        send per node holding any of the keys, the nodes' sent concurrently)."""
         if not keys:
             return 0
         check_sizes(payloads, await avalue_limit(self.client, aclient), names or keys)
@@ -356,6 +367,11 @@ class KeyedArrayCache:
             if isinstance(reply, valkey.exceptions.OutOfMemoryError) or (
                     isinstance(reply, ServerReplyError) and str(reply).startswith("OOM ")):
                 dropped += 1
+            elif isinstance(reply, (valkey.exceptions.ConnectionError,
+                                    valkey.exceptions.TimeoutError)):
+                # An async cluster pipeline returns a node's lost connection as its replies.
+                raise BackendUnavailableError(f"writing {len(payloads)} keys under "
+                                              f"{self._key_head}: Valkey unavailable: {reply}")
             elif isinstance(reply, Exception):  # NOPERM, WRONGTYPE...: never a silent drop
                 raise ServerReplyError(f"writing {len(payloads)} keys under {self._key_head}: "
                                        f"the server refused: {reply}") from reply

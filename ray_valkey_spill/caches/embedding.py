@@ -11,6 +11,11 @@ Batch operations are the primary API: ``get_many`` is one MGET, ``put_many`` one
 ``SET EX``; ``get_or_compute`` adds one call of the embedding function with only the misses.
 Each has an ``a``-prefixed coroutine twin on valkey.asyncio with the same round trips; the sync
 and async methods share every step but the I/O itself.
+
+On Valkey Cluster (sync or async) a batch costs one round trip per node holding any of its
+keys: valkey-py groups the per-slot MGETs, SETs or UNLINKs into one pipeline per node, and the
+nodes' round trips overlap (the sync client writes to every node before reading any reply, the
+async one runs the nodes concurrently).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, async_client,
+from ._base import (DEFAULT_STATS_FLUSH_SECONDS, Counters, KeyedArrayCache, amget, async_client,
                     async_source, backend_errors, check_cache_prefix, check_ttl, is_cluster,
                     max_value_bytes, resolve_client, warn_if_allkeys_policy)
 from ._schema import EmbeddingSchema
@@ -100,8 +105,9 @@ class EmbeddingCache(KeyedArrayCache):
             often (piggy-backed on a pipeline already being sent); None keeps them per process.
         keep_texts: store each text beside its vector (costs its length in bytes) so that
             ``texts()`` can list them.
-        async_client: a valkey.asyncio client for the ``a*`` methods when ``client_or_url`` is
-            a sync client (with a URL or SpillConfig they get the event loop's shared pool).
+        async_client: a valkey.asyncio client (``Valkey`` or ``cluster.ValkeyCluster``) for the
+            ``a*`` methods when ``client_or_url`` is a sync client (with a URL or SpillConfig
+            they get the event loop's shared pool).
 
     Raises:
         ConfigError: a bad prefix, schema field, TTL or option.
@@ -149,7 +155,8 @@ class EmbeddingCache(KeyedArrayCache):
         return self.get_many([text])[0]
 
     def get_many(self, texts: Sequence[Text]) -> list[np.ndarray | None]:
-        """Vectors for ``texts`` in order, None for each miss, in ONE round trip (one MGET).
+        """Vectors for ``texts`` in order, None for each miss, in ONE round trip (one MGET; on a
+        cluster one round trip per node holding any of the keys).
 
         Arrays are read-only views of the reply (``.copy()`` to modify). A value that does not
         decode, or does not fit the schema, counts as a miss (and in ``corrupt``), never raises.
@@ -180,17 +187,24 @@ class EmbeddingCache(KeyedArrayCache):
         return (await self.aget_many([text]))[0]
 
     async def aget_many(self, texts: Sequence[Text]) -> list[np.ndarray | None]:
-        """``get_many`` as a coroutine on valkey.asyncio: the same single MGET round trip."""
+        """``get_many`` as a coroutine on valkey.asyncio: the same single MGET round trip (on a
+        cluster, one per node holding any of the keys, the nodes' sent concurrently)."""
         if not texts:
             return []
         keys = self.keys(texts)
         client = self._aclient()
         with backend_errors(f"aget_many({len(keys)} keys under {self._key_head})"):
-            pipe = self._counters_pipe(client)
-            if pipe is None:
-                values = await client.mget(keys)
+            if is_cluster(client):
+                values = await client.mget_nonatomic(keys)
+                pipe = self._counters_pipe(client)
+                if pipe is not None:
+                    await pipe.execute()
             else:
-                values = (await pipe.mget(keys).execute())[-1]
+                pipe = self._counters_pipe(client)
+                if pipe is None:
+                    values = await client.mget(keys)
+                else:
+                    values = (await pipe.mget(keys).execute())[-1]
         return self._decode_all(keys, values)
 
     def _counters_pipe(self, client: Any) -> Any:
@@ -251,7 +265,8 @@ class EmbeddingCache(KeyedArrayCache):
         return await self.aput_many([text], [vector]) == 1
 
     async def aput_many(self, texts: Sequence[Text], vectors: Sequence[Any] | np.ndarray) -> int:
-        """``put_many`` as a coroutine on valkey.asyncio: the same single pipeline."""
+        """``put_many`` as a coroutine on valkey.asyncio: the same single pipeline (on a
+        cluster, one per node holding any of the keys, the nodes' sent concurrently)."""
         keys, payloads, names = self._prepare(texts, vectors)
         return await self._awrite(self._aclient(), keys, payloads, names)
 
@@ -345,7 +360,8 @@ class EmbeddingCache(KeyedArrayCache):
 
     # -- deletes and listing ----------------------------------------------------------------
     def delete_many(self, texts: Sequence[Text]) -> int:
-        """Remove the entries of ``texts`` (one UNLINK). Returns how many existed."""
+        """Remove the entries of ``texts`` (one UNLINK; on a cluster one UNLINK per key, in
+        pipelines of 1,000, each one round trip per node). Returns how many existed."""
         if not texts:
             return 0
         with backend_errors(f"delete_many({len(texts)} keys under {self._key_head})"):
@@ -356,7 +372,8 @@ class EmbeddingCache(KeyedArrayCache):
             return int(self.client.unlink(*self.keys(texts)))
 
     async def adelete_many(self, texts: Sequence[Text]) -> int:
-        """``delete_many`` as a coroutine."""
+        """``delete_many`` as a coroutine (on a cluster one UNLINK per slot, grouped into one
+        pipeline per node, the nodes' sent concurrently)."""
         if not texts:
             return 0
         client = self._aclient()
@@ -383,7 +400,8 @@ class EmbeddingCache(KeyedArrayCache):
                 yield from self._matching(batch, self._mget(batch), prefix)
 
     async def atexts(self, prefix: Text | None = None) -> AsyncIterator[Text]:
-        """``texts`` as an async generator on valkey.asyncio."""
+        """``texts`` as an async generator on valkey.asyncio (on a cluster, SCAN of every
+        primary and one pipeline of MGETs per node and page)."""
         self._check_keeps_texts()
         client = self._aclient()
         batch: list[bytes] = []
@@ -391,11 +409,11 @@ class EmbeddingCache(KeyedArrayCache):
             async for key in client.scan_iter(match=self._key_head + "*", count=LIST_BATCH):
                 batch.append(key)
                 if len(batch) == LIST_BATCH:
-                    for text in self._matching(batch, await client.mget(batch), prefix):
+                    for text in self._matching(batch, await amget(client, batch), prefix):
                         yield text
                     batch = []
             if batch:
-                for text in self._matching(batch, await client.mget(batch), prefix):
+                for text in self._matching(batch, await amget(client, batch), prefix):
                     yield text
 
     def _check_keeps_texts(self) -> None:

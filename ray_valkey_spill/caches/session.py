@@ -16,8 +16,10 @@ MULTI/EXEC itself, exactly once, on a pooled connection (in a cluster, of the pr
 holds the session's slot); after a timeout it raises, saying the turns may or may not have
 been stored.
 
-Every method has an ``a``-prefixed coroutine twin on valkey.asyncio (standalone servers) with
-the same commands and round trips; both share the encoding and the command lists.
+Every method has an ``a``-prefixed coroutine twin on valkey.asyncio (a standalone server or
+Valkey Cluster) with the same commands and round trips; both share the encoding and the command
+lists. Since a session's keys share one slot, every call is one round trip to one node on a
+cluster too, and the async append keeps the once-only rule the same way as the sync one.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class SessionStore:
         ttl_seconds: inactivity lifetime, refreshed by every write (required, 1 s .. 1 year).
         max_turns: turns kept per session (older ones are trimmed on append).
         prefix: must not overlap ``ray:``, ``emb:`` or ``vllm:kv:``.
-        async_client: a valkey.asyncio client for the ``a*`` methods when ``client_or_url`` is
-            a sync client (with a URL or SpillConfig they get the event loop's shared pool).
+        async_client: a valkey.asyncio client (``Valkey`` or ``cluster.ValkeyCluster``) for the
+            ``a*`` methods when ``client_or_url`` is a sync client (with a URL or SpillConfig
+            they get the event loop's shared pool).
 
     Raises:
         ConfigError: a bad option. BackendUnavailableError: no client for a URL.
@@ -87,8 +90,10 @@ class SessionStore:
         # share a slot and the EXPIREs are in the same batch.
         return self.client.pipeline(transaction=not self._cluster)
 
-    def _apipe(self):
-        return self._aclient().pipeline(transaction=True)  # the async API is standalone only
+    def _apipe(self, client: Any = None):
+        if client is None:
+            client = self._aclient()
+        return client.pipeline(transaction=not is_cluster(client))  # as ``_pipe``
 
     def _expire_both(self, pipe, turns_key: str, results_key: str) -> None:
         pipe.expire(turns_key, self.ttl_seconds)
@@ -116,9 +121,12 @@ class SessionStore:
         client = self._aclient()
         turns_key, commands, nbytes = self._append_commands(
             session_id, turns, await avalue_limit(self.client, client))
-        pool = client.connection_pool
         with backend_errors(f"append to {turns_key}"):
-            count = int((await _atransaction_once(pool, turns_key, commands))[-1])
+            if is_cluster(client):
+                replies = await _acluster_transaction_once(client, turns_key, commands)
+            else:
+                replies = await _atransaction_once(client.connection_pool, turns_key, commands)
+            count = int(replies[-1])
         self.metrics.bytes_written(nbytes)
         return count
 
@@ -140,21 +148,20 @@ class SessionStore:
     def _execute_once(self, turns_key: str, commands: list[tuple]) -> list:
         """Run ``commands`` in one MULTI/EXEC that is never sent twice (module doc); return
         EXEC's replies."""
-        import valkey
-
         if self._cluster:
-            # Both keys share a hash tag: one slot, one primary, where MULTI works. A MOVED
-            # (slot migrated) aborts the transaction before anything ran: refresh, try once more.
+            # Both keys share a hash tag: one slot, one primary, where MULTI works.
             for attempt in (1, 2):
                 node = self.client.get_node_from_key(turns_key)
                 try:
                     return self._transaction_once(node.valkey_connection.connection_pool,
                                                   turns_key, commands)
-                except (valkey.exceptions.MovedError, valkey.exceptions.ExecAbortError,
-                        valkey.exceptions.AskError):
+                except _stale_slot_map_errors():
                     if attempt == 2:
                         raise
-                    self.client.nodes_manager.initialize()
+                    try:
+                        self.client.nodes_manager.initialize()
+                    except _refresh_errors():
+                        pass  # no node answers now: the second attempt reports the outage
         return self._transaction_once(self.client.connection_pool, turns_key, commands)
 
     @staticmethod
@@ -217,7 +224,7 @@ class SessionStore:
             pipe.execute()
 
     async def atrim(self, session_id: str, keep_last: int) -> None:
-        """``trim`` as a coroutine (one MULTI/EXEC)."""
+        """``trim`` as a coroutine (one MULTI/EXEC; on a cluster one pipeline to one node)."""
         turns_key, pipe = self._queue_trim(self._apipe(), session_id, keep_last)
         with backend_errors(f"trim {turns_key}"):
             await pipe.execute()
@@ -249,10 +256,10 @@ class SessionStore:
         self.metrics.bytes_written(nbytes)
 
     async def aset_result(self, session_id: str, name: str, value: Any) -> None:
-        """``set_result`` as a coroutine (one MULTI/EXEC)."""
+        """``set_result`` as a coroutine (one MULTI/EXEC; on a cluster one pipeline to one node)."""
         client = self._aclient()
         results_key, pipe, nbytes = self._queue_result(
-            client.pipeline(transaction=True), session_id, name, value,
+            self._apipe(client), session_id, name, value,
             await avalue_limit(self.client, client))
         with backend_errors(f"write {results_key}"):
             await pipe.execute()
@@ -339,6 +346,63 @@ class SessionStore:
         turns_key, results_key = self._keys(session_id)
         with backend_errors(f"delete {turns_key}"):
             return int(await self._aclient().unlink(turns_key, results_key))
+
+
+async def _acluster_transaction_once(client: Any, turns_key: str, commands: list[tuple]) -> list:
+    """``SessionStore._execute_once`` on a valkey.asyncio ValkeyCluster: the MULTI/EXEC goes,
+    once, to the primary holding the session's slot (both keys share a hash tag); after an
+    error that ran nothing and may mean a stale slot map, refresh it and try once more."""
+    await client.initialize()  # the slot map (a no-op once the client has run a command)
+    try:
+        return await _atransaction_once(_NodeConnections(client.get_node_from_key(turns_key)),
+                                        turns_key, commands)
+    except _stale_slot_map_errors():
+        try:
+            await client.nodes_manager.initialize()
+        except _refresh_errors():
+            pass  # no node answers now: the second attempt reports the outage
+    return await _atransaction_once(_NodeConnections(client.get_node_from_key(turns_key)),
+                                    turns_key, commands)
+
+
+def _stale_slot_map_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a cluster append that ran nothing and may mean the slot map is stale: MOVED
+    or ASK (the slot migrated) abort the MULTI before anything ran, and a failed connect sent
+    nothing (the primary may have failed over). A failure after sending is never among them:
+    ``_transaction_once`` turns it into a BackendUnavailableError, which is never retried."""
+    import valkey
+
+    e = valkey.exceptions
+    return (e.MovedError, e.AskError, e.ExecAbortError, e.ConnectionError, e.TimeoutError)
+
+
+def _refresh_errors() -> tuple[type[BaseException], ...]:
+    """What a slot-map refresh raises when no node answers."""
+    import valkey
+
+    e = valkey.exceptions
+    return (e.ValkeyClusterException, e.ConnectionError, e.TimeoutError)
+
+
+class _NodeConnections:
+    """The connections of one valkey.asyncio ``ClusterNode`` as the pool ``_atransaction_once``
+    takes. The node has no pool object: its commands take ``acquire_connection()`` and put the
+    connection back on ``_free``; this does the same, so the node's bound still holds."""
+
+    def __init__(self, node: Any):
+        self.node = node
+
+    async def get_connection(self, _command: str) -> Any:
+        conn = self.node.acquire_connection()
+        try:
+            await conn.connect()  # a no-op when connected; a failure here sent nothing
+        except BaseException:
+            await self.release(conn)
+            raise
+        return conn
+
+    async def release(self, conn: Any) -> None:
+        self.node._free.append(conn)
 
 
 async def _atransaction_once(pool: Any, turns_key: str, commands: list[tuple]) -> list:

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-from support import commandstats, command_delta
+from support import AsyncSends, commandstats, command_delta
 from ray_valkey_spill import (BackendUnavailableError, ConfigError, EmbeddedValkey, EmbeddingCache,
                               SessionStore, SpillConfig)
 from ray_valkey_spill.connection import connect_async
@@ -35,22 +35,6 @@ def private_server():
         yield server
 
 
-class _AsyncSends:
-    """Counts packed sends of valkey.asyncio connections: one per round trip."""
-
-    def __init__(self, monkeypatch):
-        import valkey.asyncio.connection as conn_mod
-
-        self.count = 0
-        original = conn_mod.AbstractConnection.send_packed_command
-
-        async def counting(conn, command, check_health=True):
-            self.count += 1
-            return await original(conn, command, check_health)
-
-        monkeypatch.setattr(conn_mod.AbstractConnection, "send_packed_command", counting)
-
-
 def test_async_batches_are_one_round_trip_each(private_server, monkeypatch):
     client = private_server.client()
     cache = EmbeddingCache(private_server.url, f"m{_uid()}", dimension=DIM, ttl_seconds=60,
@@ -60,7 +44,7 @@ def test_async_batches_are_one_round_trip_each(private_server, monkeypatch):
 
     async def run():
         await cache.aget_many(["warm"])  # opens the loop's connection and reads the size limit
-        sends = _AsyncSends(monkeypatch)
+        sends = AsyncSends(monkeypatch)
         before = commandstats(client)
         assert await cache.aput_many(texts, vectors) == 500
         assert sends.count == 1
@@ -146,12 +130,6 @@ def test_async_methods_need_a_url_or_an_async_client(valkey_client, prefixes):
     with pytest.raises(ConfigError, match="async_client"):
         EmbeddingCache(valkey_client, "m", ttl_seconds=60, async_client=valkey_client)
 
-    async def cluster():
-        connect_async("valkey+cluster://127.0.0.1:1")
-
-    with pytest.raises(ConfigError, match="Cluster"):
-        asyncio.run(cluster())
-
     async def explicit():
         aclient = valkey.asyncio.Valkey.from_url(
             f"redis://{valkey_client.connection_pool.connection_kwargs['host']}:"
@@ -199,7 +177,7 @@ def test_async_append_is_one_transaction_sent_once(private_server, monkeypatch):
 
     async def run():
         await store.alast("warm", 1)
-        sends = _AsyncSends(monkeypatch)
+        sends = AsyncSends(monkeypatch)
         before = commandstats(client)
         await store.aappend("s", "a", "b", "c")
         return sends.count, command_delta(before, commandstats(client))

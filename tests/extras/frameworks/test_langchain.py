@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # no
 from langchain_tests.integration_tests.base_store import (BaseStoreAsyncTests,  # noqa: E402
                                                           BaseStoreSyncTests)
 
-from support import commandstats
+from support import commandstats, keys_per_primary
 from ray_valkey_spill import CacheValueError, EmbeddedValkey  # noqa: E402
 from ray_valkey_spill.integrations.langchain import (ValkeyChatMessageHistory,  # noqa: E402
                                                      ValkeyEmbeddingStore)
@@ -216,3 +216,30 @@ def test_chat_history_async(valkey_url, key_prefixes, monkeypatch):
 
     got, after = asyncio.run(run())
     assert [m.content for m in got] == ["q", "a"] and after == []
+
+
+def test_async_store_and_chat_history_on_a_cluster(valkey_cluster):
+    prefix = f"emb:lc{_uid()}:"
+    store = ValkeyEmbeddingStore(valkey_cluster.url, "m", dimension=DIM, ttl_seconds=60,
+                                 prefix=prefix)
+    history = ValkeyChatMessageHistory("s", valkey_cluster.url, ttl_seconds=60,
+                                       prefix=f"session:lc{_uid()}:")
+    pairs = [(f"k{i}", THREE[i % 3]) for i in range(60)]
+
+    async def run():
+        await store.amset(pairs)
+        got = await store.amget([k for k, _ in pairs] + ["absent"])
+        keys = sorted([k async for k in store.ayield_keys()])
+        await store.amdelete([k for k, _ in pairs[:10]])
+        await history.aadd_messages([HumanMessage("q"), AIMessage("a")])
+        messages = await history.aget_messages()
+        await history.aclear()
+        return got, keys, messages, await store.amget(["k0", "k10"]), await history.aget_messages()
+
+    got, keys, messages, after, cleared = asyncio.run(run())
+    assert got == [v for _, v in pairs] + [None] and keys == sorted(k for k, _ in pairs)
+    assert after == [None, THREE[1]] and cleared == []
+    assert [m.content for m in messages] == ["q", "a"]
+    spread = {i: len(k) for i, k in keys_per_primary(valkey_cluster, prefix).items()}
+    assert len(spread) == 3 and min(spread.values()) > 0, spread
+    store.cache.clear()

@@ -16,7 +16,7 @@ pytest.importorskip("llama_index.core")
 
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
 
-from support import commandstats, command_delta
+from support import commandstats, command_delta, keys_per_primary
 from ray_valkey_spill import CacheValueError, EmbeddedValkey  # noqa: E402
 from ray_valkey_spill.integrations.llamaindex import ValkeyCachedEmbedding  # noqa: E402
 
@@ -109,6 +109,25 @@ def test_async_batch_is_one_mget_one_embed_call_one_pipeline(private_server, mon
     assert inner.calls == [("atexts", texts[10:])]
     assert got == [_vector(t) for t in texts]
     model.document_cache.clear()
+
+
+def test_async_batch_on_a_cluster_embeds_the_misses_once(valkey_cluster):
+    inner, model = _model(valkey_cluster.url, prefix=f"emb:li{uuid.uuid4().hex[:8]}:")
+    texts = [f"cluster chunk {i}" for i in range(60)]
+
+    async def run():
+        await model.aget_text_embedding_batch(texts[:20])
+        inner.calls.clear()
+        return await model.aget_text_embedding_batch(texts), await model.aget_query_embedding("q")
+
+    got, query = asyncio.run(run())
+    assert inner.calls == [("atexts", texts[20:]), ("query", "q")]
+    assert got == [_vector(t) for t in texts] and query == [-x for x in _vector("q")]
+    held = keys_per_primary(valkey_cluster, model.document_cache.prefix)
+    spread = {i: len(keys) for i, keys in held.items()}
+    assert len(spread) == 3 and min(spread.values()) > 0, spread
+    model.document_cache.clear()
+    model.query_cache.clear()
 
 
 def test_queries_are_cached_apart_from_documents(valkey_url):
