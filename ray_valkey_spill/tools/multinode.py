@@ -126,13 +126,19 @@ class LocalCluster:
                                "min_spilling_size": 0, "preallocate_plasma_memory": True,
                                **s.system_config}})
         try:
+            # Driver first, while the head is the only node: Ray 2.40 and 2.50 may attach it to
+            # any raylet on this host, and a driver on node A dies with A in the lost-node run.
+            ray.init(address=self.cluster.address, logging_level="warning", log_to_driver=False)
             self.node_a = self.cluster.add_node(num_cpus=s.cpus_a,
                                                 object_store_memory=s.store_a_mib * MiB)
             self.node_b = self.cluster.add_node(num_cpus=s.cpus_b,
                                                 object_store_memory=s.store_b_mib * MiB)
-            ray.init(address=self.cluster.address, logging_level="warning", log_to_driver=False)
             self.cluster.wait_for_nodes()
+            head = self.cluster.head_node.node_id
+            if ray.get_runtime_context().get_node_id() != head:
+                raise RuntimeError("the driver attached to a worker node's raylet, not the head")
         except BaseException:
+            ray.shutdown()
             self.cluster.shutdown()
             raise
         return self
