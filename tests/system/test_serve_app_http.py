@@ -2,8 +2,8 @@
 
 The same import path the RayService names (embed_service.app:app), with PYTHONPATH as the image
 sets it, the caches' passwords in files, and a real valkey-server loaded with the shipped ACL.
-Skipped unless Ray Serve is installed (ray[serve]); the handler itself is tested without it in
-tests/integration/test_serve_app.py.
+The test extra installs Ray Serve (ray[serve]); without it this test skips. The handler itself
+is also tested without Serve, in tests/integration/test_serve_app.py.
 """
 
 from __future__ import annotations
