@@ -15,10 +15,15 @@ from lmcache.utils import CacheEngineKey
 from lmcache.v1.config import LMCacheEngineConfig
 from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
 from lmcache.v1.metadata import LMCacheMetadata
+from lmcache.v1.storage_backend.connector import CreateConnector
+
+from ray_valkey_spill.integrations.lmcache import SharedValkeyConnector
+from ray_valkey_spill.integrations.lmcache._format import HEADER_BYTES
 
 MODULE = "ray_valkey_spill.integrations.lmcache"
 # A small model: 4 layers, 2 KV heads x 16 dims, 16-token chunks, bfloat16: 8 KiB per chunk.
 LAYERS, HEADS, HEAD_DIM, CHUNK = 4, 2, 16, 16
+FULL_SHAPE = torch.Size([2, LAYERS, CHUNK, HEADS * HEAD_DIM])
 
 
 def make_metadata(model: str = "tiny-llm", dtype=torch.bfloat16, worker_id: int = 0,
@@ -44,6 +49,56 @@ def plugin_config(url: str, name: str = "rvs", chunk: int = CHUNK, **options) ->
 
 def cache_key(i: int, model: str = "tiny-llm", dtype=torch.bfloat16, **configs) -> CacheEngineKey:
     return CacheEngineKey(model, 1, 0, 0x1000 + i, dtype, configs or None)
+
+
+def make_connector(loop, backend, url: str, **options):
+    """(LMCache's wrapper, our connector), built the way LMCache builds it (``CreateConnector``
+    with ``plugin://rvs``): also checks that LMCache loaded this plug-in, not a built-in."""
+    options.setdefault("ttl_seconds", 600)
+    options.setdefault("stats_flush_seconds", None)
+    config = plugin_config(url, **options)
+    wrapped = CreateConnector("plugin://rvs", loop, backend, config, make_metadata(),
+                              plugin_name="rvs")
+    assert isinstance(wrapped.getWrappedConnector(), SharedValkeyConnector), wrapped
+    return wrapped, wrapped.getWrappedConnector()
+
+
+def make_chunk(backend, seed: int, tokens: int = CHUNK):
+    """A chunk of ``tokens`` tokens allocated from ``backend``, seeded random bfloat16."""
+    obj = backend.allocate(torch.Size([2, LAYERS, tokens, HEADS * HEAD_DIM]), torch.bfloat16)
+    torch.manual_seed(seed)
+    obj.tensor.copy_(torch.randn(obj.tensor.shape).to(torch.bfloat16))
+    return obj
+
+
+def chunk_bytes(backend, seed: int, tokens: int = CHUNK) -> bytes:
+    """The bytes of ``make_chunk(backend, seed, tokens)`` (the chunk itself is given back)."""
+    obj = make_chunk(backend, seed, tokens)
+    data = bytes(obj.byte_array)
+    obj.ref_count_down()
+    return data
+
+
+def tamper_cases(client, conn, cpu_backend, keys):
+    """Overwrite stored chunks in every way a value can be wrong (TTLs kept)."""
+    good = [client.get(conn.key_of(k)) for k in keys]
+    raw = chunk_bytes(cpu_backend, 42)
+    flipped = bytearray(good[0])
+    flipped[HEADER_BYTES + 1000] ^= 0x01
+    header_flipped = bytearray(good[1])
+    header_flipped[10] ^= 0x01  # the shape field
+    foreign_dtype = bytearray(good[5])
+    foreign_dtype[8:24] = b"float16".ljust(16, b"\0")
+    return {
+        keys[0]: bytes(flipped),               # one bit of the payload
+        keys[1]: bytes(header_flipped),        # one bit of the header
+        keys[2]: good[2][:-100],               # truncated
+        keys[3]: raw,                          # LMCache's built-in format: no header
+        keys[4]: good[6],                      # another key's (valid) chunk
+        keys[5]: bytes(foreign_dtype),         # another layout's header
+        keys[6]: good[6] + b"x",               # one byte too many
+        keys[7]: b"",                          # empty
+    }
 
 
 class CPUKVConnector(GPUConnectorInterface):
