@@ -8,10 +8,13 @@ and LMCache's memory objects (format KV_2LTD), as LMCache's vLLM connector does 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from typing import Callable
 
 import torch
 from lmcache.utils import CacheEngineKey
+from lmcache.v1.cache_engine import LMCacheEngineBuilder
 from lmcache.v1.config import LMCacheEngineConfig
 from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
 from lmcache.v1.metadata import LMCacheMetadata
@@ -19,6 +22,7 @@ from lmcache.v1.storage_backend.connector import CreateConnector
 
 from ray_valkey_spill.integrations.lmcache import SharedValkeyConnector
 from ray_valkey_spill.integrations.lmcache._format import HEADER_BYTES
+from ray_valkey_spill.keyspace import scan_keys
 
 MODULE = "ray_valkey_spill.integrations.lmcache"
 # A small model: 4 layers, 2 KV heads x 16 dims, 16-token chunks, bfloat16: 8 KiB per chunk.
@@ -124,6 +128,43 @@ class CPUKVConnector(GPUConnectorInterface):
 
     def get_shape(self, num_tokens: int) -> torch.Size:
         return torch.Size([2, LAYERS, num_tokens, HEADS * HEAD_DIM])
+
+
+def engines_round_trip(url: str, client, get_calls: Callable[[], int]) -> None:
+    """LMCache's own engine (``LMCacheEngineBuilder``, CPU stand-in for the GPU) stores the
+    KV of 6 chunks of tokens through the plug-in at ``url``; a second engine (empty local CPU
+    cache) looks them up and retrieves them tensor for tensor, with 6 GETs on the server
+    (``get_calls()``: GETs so far). ``client`` inspects the stored keys (SCAN, TTL)."""
+    tokens = torch.arange(5000, 5000 + 6 * CHUNK)
+    torch.manual_seed(3)
+    kv = torch.randn(2, LAYERS, len(tokens), HEADS * HEAD_DIM).to(torch.bfloat16)
+    engines, ids = [], []
+    try:
+        for gpu in (CPUKVConnector(kv.clone()), CPUKVConnector(torch.zeros_like(kv))):
+            config = plugin_config(url, ttl_seconds=600, stats_flush_seconds=None)
+            ids.append(config.lmcache_instance_id)
+            engine = LMCacheEngineBuilder.get_or_create(ids[-1], config, make_metadata(), gpu,
+                                                        lambda t, r: None, lambda o, r: o)
+            engine.post_init()
+            remote = engine.storage_manager.storage_backends["RemoteBackend-rvs"]
+            assert isinstance(remote.connection.getWrappedConnector(), SharedValkeyConnector)
+            engines.append(engine)
+        writer, reader = engines
+        writer.store(tokens)
+        deadline = time.monotonic() + 30
+        while len(scan_keys(client, "vllm:kv:*")) < 6:  # puts are asynchronous in LMCache
+            assert time.monotonic() < deadline, "LMCache never wrote the chunks"
+            time.sleep(0.05)
+        assert all(0 < client.ttl(k) <= 600 for k in scan_keys(client, "vllm:kv:*"))
+        before = get_calls()
+        assert reader.lookup(tokens) == len(tokens)
+        retrieved = reader.retrieve(tokens)
+        assert int(retrieved.sum()) == len(tokens)
+        assert torch.equal(reader.gpu_connector.kv, kv)
+        assert get_calls() - before == 6  # the bytes came from Valkey
+    finally:
+        for instance_id in ids:  # its threads would keep the test process alive
+            LMCacheEngineBuilder.destroy(instance_id)
 
 
 def run(loop, coro, timeout: float = 30):

@@ -1,11 +1,11 @@
 """The LMCache plug-in on a real local Valkey Cluster (3 primaries) and the real lmcache package.
 
 Every check looks at each primary itself (SCAN, INFO on the node), never only through the
-cluster client: chunks spread over every node, one pipeline per node for each batch, a TTL on
-every key, corrupt values are misses, MOVED after a slot migration costs only the moved node's
-chunks (misses, dropped writes) and the next batch goes to the right node, a paused node gives
-misses within the read bound, OOM on one node drops only its chunks, and the ``vllmkv`` user of
-the shipped ACL is enough.
+cluster client: LMCache's own engine stores and retrieves a sequence, chunks spread over every
+node, one pipeline per node for each batch, a TTL on every key, corrupt values are misses,
+MOVED after a slot migration costs only the moved node's chunks (misses, dropped writes) and
+the next batch goes to the right node, a paused node gives misses within the read bound, OOM
+on one node drops only its chunks, and the ``vllmkv`` user of the shipped ACL is enough.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("lmcache", reason="needs the lmcache extra: pip install '.[lmcache]'")
 
-from lmcache_support import (FULL_SHAPE, cache_key, chunk_bytes, make_chunk,  # noqa: E402
-                             make_connector, run, tamper_cases)
+from lmcache_support import (FULL_SHAPE, cache_key, chunk_bytes,  # noqa: E402
+                             engines_round_trip, make_chunk, make_connector, run, tamper_cases)
 
 from support import render_acl, shipped_acl_users  # noqa: E402
 from ray_valkey_spill.integrations.lmcache import connector as connector_module  # noqa: E402
@@ -139,6 +139,18 @@ def test_round_trip_is_byte_exact_with_one_pipeline_per_node(loop, cpu_backend, 
         stats.close()
 
 
+def test_lmcache_engine_stores_and_retrieves_through_the_cluster(kv_cluster, ccli):
+    """LMCache's own engine stores a sequence's KV on the cluster and a fresh engine retrieves
+    it tensor for tensor: 6 GETs in all, summed over the nodes."""
+    stats = NodeStats(kv_cluster)
+    try:
+        engines_round_trip(kv_cluster.url, ccli, lambda: sum(
+            calls.get("get", 0) for _, calls in stats.delta().values()))
+    finally:
+        stats.close()
+    assert sum(1 for node_keys in keys_per_node(kv_cluster).values() if node_keys) >= 2
+
+
 def test_leading_chunks_with_a_hole_one_exists_pipeline_per_node(loop, cpu_backend, kv_cluster,
                                                                   ccli):
     wrapped, conn = make_connector(loop, cpu_backend, kv_cluster.url)
@@ -171,6 +183,7 @@ def test_every_key_on_every_node_has_a_ttl(loop, cpu_backend, kv_cluster, ccli):
     for obj in run(loop, wrapped.batched_get(keys)):
         obj.ref_count_down()
     assert wrapped.batched_contains(keys) == 12 and wrapped.remove_sync(keys[11])
+    assert run(loop, wrapped.ping()) == 0  # valkey-py sends a cluster PING to one node
     seen = 0
     for i in kv_cluster.primary_indexes():
         with kv_cluster.nodes[i].client() as node:

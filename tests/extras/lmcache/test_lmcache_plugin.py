@@ -16,16 +16,14 @@ import pytest
 pytest.importorskip("lmcache", reason="needs the lmcache extra: pip install '.[lmcache]'")
 
 import torch  # noqa: E402
-from lmcache.v1.cache_engine import LMCacheEngineBuilder  # noqa: E402
 from lmcache.v1.storage_backend.connector import CreateConnector  # noqa: E402
-from lmcache_support import (CHUNK, FULL_SHAPE, HEAD_DIM, HEADS, LAYERS,  # noqa: E402
-                             CPUKVConnector, cache_key, chunk_bytes, make_chunk, make_connector,
-                             make_metadata, plugin_config, run, tamper_cases)
+from lmcache_support import (FULL_SHAPE, cache_key, chunk_bytes,  # noqa: E402
+                             engines_round_trip, make_chunk, make_connector, make_metadata,
+                             plugin_config, run, tamper_cases)
 
 from support import command_delta, commandstats, render_acl, shipped_acl_users
 from ray_valkey_spill import EmbeddedValkey  # noqa: E402
 from ray_valkey_spill.errors import ConfigError  # noqa: E402
-from ray_valkey_spill.integrations.lmcache import SharedValkeyConnector  # noqa: E402
 from ray_valkey_spill.integrations.lmcache._format import HEADER_BYTES  # noqa: E402
 from ray_valkey_spill.keyspace import scan_keys  # noqa: E402
 
@@ -70,39 +68,7 @@ def test_lmcache_engine_stores_and_retrieves_through_the_plugin(kv_server):
     """LMCache's own engine (LMCacheEngineBuilder) on CPU: store a token sequence's KV, then a
     fresh engine (empty local CPU cache) finds and retrieves it from Valkey, tensor for tensor."""
     client = _clean(kv_server)
-    tokens = torch.arange(5000, 5000 + 6 * CHUNK)
-    torch.manual_seed(3)
-    kv = torch.randn(2, LAYERS, len(tokens), HEADS * HEAD_DIM).to(torch.bfloat16)
-    engines, ids = [], []
-    try:
-        for gpu in (CPUKVConnector(kv.clone()), CPUKVConnector(torch.zeros_like(kv))):
-            config = plugin_config(kv_server.url, ttl_seconds=600, stats_flush_seconds=None)
-            ids.append(config.lmcache_instance_id)
-            engine = LMCacheEngineBuilder.get_or_create(ids[-1], config, make_metadata(), gpu,
-                                                        lambda t, r: None, lambda o, r: o)
-            engine.post_init()
-            remote = engine.storage_manager.storage_backends["RemoteBackend-rvs"]
-            assert isinstance(remote.connection.getWrappedConnector(), SharedValkeyConnector)
-            engines.append(engine)
-        _store_and_retrieve(client, tokens, kv, *engines)
-    finally:
-        for instance_id in ids:  # its threads would keep the test process alive
-            LMCacheEngineBuilder.destroy(instance_id)
-
-
-def _store_and_retrieve(client, tokens, kv, writer, reader):
-    writer.store(tokens)
-    deadline = time.monotonic() + 30
-    while len(scan_keys(client, "vllm:kv:*")) < 6:  # puts are asynchronous in LMCache
-        assert time.monotonic() < deadline, "LMCache never wrote the chunks"
-        time.sleep(0.05)
-    assert all(0 < client.ttl(k) <= 600 for k in scan_keys(client, "vllm:kv:*"))
-    before = commandstats(client)
-    assert reader.lookup(tokens) == len(tokens)
-    retrieved = reader.retrieve(tokens)
-    assert int(retrieved.sum()) == len(tokens)
-    assert torch.equal(reader.gpu_connector.kv, kv)
-    assert command_delta(before, commandstats(client)).get("get") == 6  # the bytes came from Valkey
+    engines_round_trip(kv_server.url, client, lambda: commandstats(client).get("get", 0))
 
 
 def test_leading_chunks_with_a_hole_in_one_round_trip(loop, cpu_backend, kv_server):
