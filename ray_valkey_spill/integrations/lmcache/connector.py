@@ -303,13 +303,9 @@ class SharedValkeyConnector(RemoteConnector):
                     obj = self.reshape_partial_chunk(obj, payloads[i].nbytes)
                 results[i] = obj
                 nbytes += lengths[i]
-        except BaseException as exc:  # every chunk is released below, half-written or not
+        except BaseException:  # a refusal (NOPERM): every chunk is released below
             results = [None] * len(keys)
-            misses = len(keys)
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache read of %d chunks failed, counted as misses: %s",
-                           len(keys), exc)
+            raise
         finally:
             self._release(o for o, r in zip(objs, results) if o is not None and r is None)
         self.counters.add(misses=misses, corrupt=corrupt)
@@ -374,10 +370,9 @@ class SharedValkeyConnector(RemoteConnector):
             return 0
         try:
             return future.result(self.options.read_timeout_s)
-        except Exception as exc:  # a timeout here is concurrent.futures' TimeoutError
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache lookup failed or too slow, counted as no hit: %s", exc)
+        except TimeoutError:  # concurrent.futures' TimeoutError is the builtin since 3.11
+            logger.warning("KV cache lookup took longer than %.3g s: no hit",
+                           self.options.read_timeout_s)
             return 0
 
     async def _count(self, keys: List[CacheEngineKey]) -> int:
@@ -390,11 +385,6 @@ class SharedValkeyConnector(RemoteConnector):
         except asyncio.TimeoutError:
             logger.warning("KV cache lookup took longer than %.3g s: no hit",
                            self.options.read_timeout_s)
-            return 0
-        except Exception as exc:
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache lookup failed, counted as no hit: %s", exc)
             return 0
 
     async def _write(self, keys: List[CacheEngineKey], memory_objs: List[MemoryObj]) -> None:
@@ -411,10 +401,6 @@ class SharedValkeyConnector(RemoteConnector):
         except asyncio.TimeoutError:
             logger.warning("KV cache write of %d chunks still running after %.3g s",
                            len(keys), self.options.write_timeout_s)
-        except Exception as exc:
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache write of %d chunks failed: %s", len(keys), exc)
 
     # -- LMCache's RemoteConnector interface -----------------------------------------------
 
