@@ -17,9 +17,11 @@ On Valkey Cluster (``valkey+cluster://``) each batch is split by the primary ser
 key's slot (``ray_valkey_spill.node_groups``) and sent as one such pipeline per node, on that
 node's own pool, nodes one after the other. A node that times out, fails, or answers MOVED/ASK
 (a stale slot map after a resharding or failover) costs only its own keys: reads of them are
-misses, writes of them are dropped, both counted; the slot map is then re-read so that the next
-batch goes to the right nodes. Nothing is followed to another node within a batch: a cache
-entry is not worth a second round trip inside a read's time budget.
+misses, writes of them are dropped, both counted. After a redirect or a refused connection
+the slot map is re-read (in the background) so that the following batches go to the right
+nodes. Nothing is followed to
+another node within a batch: a cache entry is not worth a second round trip inside a read's
+time budget.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class SharedValkeyConnector(RemoteConnector):
         self._executor = ThreadPoolExecutor(options.io_threads,
                                             thread_name_prefix="rvs-lmcache-io")
         self._slots = threading.BoundedSemaphore(options.io_threads)
+        self._refreshing = threading.Lock()  # held while the slot map is being re-read
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
 
     # -- keys --------------------------------------------------------------------------------
@@ -187,8 +190,22 @@ class SharedValkeyConnector(RemoteConnector):
                 stale = stale or (bool(group.name) and _map_may_be_stale(exc))
                 logger.warning("KV cache: %s", exc)
         if stale:
-            refresh_slot_map(self.client)
+            self._refresh_slot_map_soon()
         return failed
+
+    def _refresh_slot_map_soon(self) -> None:
+        """Re-read the cluster's slot map on a thread of its own, one at a time: the request
+        that met the stale map returns now (its bound holds even when CLUSTER SLOTS is slow)."""
+        if not self._refreshing.acquire(blocking=False):
+            return  # already under way
+
+        def run() -> None:
+            try:
+                refresh_slot_map(self.client)
+            finally:
+                self._refreshing.release()
+
+        threading.Thread(target=run, name="rvs-lmcache-slots", daemon=True).start()
 
     def _put_sync(self, keys: List[CacheEngineKey], memory_objs: List[MemoryObj]) -> int:
         """SET every chunk with its header and the TTL, one pipeline per node; holds a
@@ -239,7 +256,7 @@ class SharedValkeyConnector(RemoteConnector):
             # redirect's node (and ASKING) per chunk; the chunk is only a cache entry.
             logger.info("KV cache: %d chunks dropped, their slots moved (MOVED/ASK)",
                         redirected)
-            refresh_slot_map(self.client)
+            self._refresh_slot_map_soon()
         self._publish_stats()
         if other is not None:
             raise other  # NOPERM, WRONGTYPE: a misconfiguration, not a full cache

@@ -4,8 +4,9 @@ Every check looks at each primary itself (SCAN, INFO on the node), never only th
 cluster client: LMCache's own engine stores and retrieves a sequence, chunks spread over every
 node, one pipeline per node for each batch, a TTL on every key, corrupt values are misses,
 MOVED after a slot migration costs only the moved node's chunks (misses, dropped writes) and
-the next batch goes to the right node, a paused node gives misses within the read bound, OOM
-on one node drops only its chunks, and the ``vllmkv`` user of the shipped ACL is enough.
+the next batch goes to the right node, a paused node gives misses within the read bound, a
+dead node costs only its chunks, OOM on one node drops only its chunks, and the ``vllmkv``
+user of the shipped ACL is enough.
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def _spy(monkeypatch, name: str) -> list[tuple[int, list[str]]]:
 
     monkeypatch.setattr(connector_module, name, spy)
     return calls
+
+
+def wait_for_map(conn, name: str, old_port: int) -> None:
+    """Wait until the plug-in's client no longer sends ``name`` to ``old_port`` (the map is
+    re-read in the background after a redirect)."""
+    deadline = time.monotonic() + 10
+    while conn.client.get_node_from_key(name).port == old_port:
+        assert time.monotonic() < deadline, "the slot map was never re-read"
+        time.sleep(0.02)
 
 
 def _owner_ports(cluster, client, names) -> dict[str, int]:
@@ -240,16 +250,18 @@ def test_moved_after_a_slot_migration_costs_only_that_nodes_chunks(loop, cpu_bac
     for g in got:
         if g is not None:
             g.ref_count_down()
+    wait_for_map(conn, names[5], old_port)
     got = run(loop, wrapped.batched_get(keys))  # the map was re-read: every chunk again
     assert [bytes(g.byte_array) for g in got] == expected
     for g in got:
         g.ref_count_down()
 
-    move(names[7])
+    old_port = move(names[7])
     dropped, puts = conn.stats()["dropped_puts"], conn.stats()["puts"]
     run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(12)]))
     assert conn.stats()["dropped_puts"] - dropped == 1  # only the SET into the moved slot
     assert conn.stats()["puts"] - puts == 11
+    wait_for_map(conn, names[7], old_port)
     run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(12)]))
     assert conn.stats()["puts"] - puts == 23  # the next batch reached the new owner
     assert wrapped.batched_contains(keys) == 12
@@ -293,6 +305,37 @@ def test_a_paused_node_gives_misses_within_the_bound(loop, cpu_backend, kv_clust
     assert [bytes(g.byte_array) for g in got] == expected
     for g in got:
         g.ref_count_down()
+
+
+def test_a_dead_node_costs_only_its_chunks(loop, cpu_backend, kv_cluster, ccli):
+    """A primary crashes (SIGKILL) under a batch: reads of its chunks are misses and writes to
+    it are dropped, both counted, while the other nodes' chunks come back and are stored."""
+    wrapped, conn = make_connector(loop, cpu_backend, kv_cluster.url)
+    keys = [cache_key(900 + i) for i in range(12)]
+    names = [conn.key_of(k) for k in keys]
+    expected = [chunk_bytes(cpu_backend, i) for i in range(12)]
+    run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(12)]))
+    dead = kv_cluster.slot_owner(ccli.keyslot(names[3]))
+    on_dead = {i for i, n in enumerate(names) if kv_cluster.slot_owner(ccli.keyslot(n)) == dead}
+    assert 0 < len(on_dead) < 12
+    kv_cluster.kill_node(dead)
+    try:
+        start = time.monotonic()
+        got = run(loop, wrapped.batched_get(keys))
+        assert time.monotonic() - start < 1.5  # within read_timeout_s (1 s) and a margin
+        assert {i for i, g in enumerate(got) if g is None} == on_dead
+        assert all(bytes(g.byte_array) == expected[i] for i, g in enumerate(got) if g is not None)
+        for g in got:
+            if g is not None:
+                g.ref_count_down()
+        assert wrapped.batched_contains(keys) == min(on_dead)
+        before = conn.stats()
+        run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(12)]))
+        after = conn.stats()
+        assert after["dropped_puts"] - before["dropped_puts"] == len(on_dead)
+        assert after["puts"] - before["puts"] == 12 - len(on_dead)
+    finally:
+        kv_cluster.restart_node(dead)  # same identity and slots, empty (no persistence)
 
 
 def test_oom_on_one_node_drops_only_its_chunks_and_counts_them(loop, cpu_backend, kv_cluster,
