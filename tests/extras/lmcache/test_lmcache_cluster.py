@@ -21,7 +21,7 @@ pytest.importorskip("lmcache", reason="needs the lmcache extra: pip install '.[l
 from lmcache_support import (FULL_SHAPE, cache_key, chunk_bytes,  # noqa: E402
                              engines_round_trip, make_chunk, make_connector, run, tamper_cases)
 
-from support import render_acl, shipped_acl_users  # noqa: E402
+from support import keys_per_primary, render_acl, shipped_acl_users  # noqa: E402
 from ray_valkey_spill.integrations.lmcache import connector as connector_module  # noqa: E402
 from ray_valkey_spill.integrations.lmcache._format import HEADER_BYTES  # noqa: E402
 from ray_valkey_spill.testing.embedded_cluster import EmbeddedValkeyCluster  # noqa: E402
@@ -47,15 +47,6 @@ def ccli(kv_cluster):
             node.config_resetstat()
     with kv_cluster.client() as client:
         yield client
-
-
-def keys_per_node(cluster) -> dict[int, set[str]]:
-    """{primary index: its vllm:kv: keys}, by SCAN on each primary itself."""
-    out = {}
-    for i in cluster.primary_indexes():
-        with cluster.nodes[i].client() as node:
-            out[i] = {k.decode() for k in node.scan_iter(match="vllm:kv:*", count=1000)}
-    return out
 
 
 class NodeStats:
@@ -128,7 +119,8 @@ def test_round_trip_is_byte_exact_with_one_pipeline_per_node(loop, cpu_backend, 
     stats = NodeStats(kv_cluster)
     try:
         run(loop, wrapped.batched_put(keys, objs))
-        spread = keys_per_node(kv_cluster)
+        spread = {i: {k.decode() for k in node_keys}
+                  for i, node_keys in keys_per_primary(kv_cluster, "vllm:kv:").items()}
         assert set().union(*spread.values()) == set(names)
         assert all(len(node_keys) >= 3 for node_keys in spread.values()), spread  # ~8 each
         # one set_many per node, each on that node's own pool with exactly its keys
@@ -158,7 +150,7 @@ def test_lmcache_engine_stores_and_retrieves_through_the_cluster(kv_cluster, ccl
             calls.get("get", 0) for _, calls in stats.delta().values()))
     finally:
         stats.close()
-    assert sum(1 for node_keys in keys_per_node(kv_cluster).values() if node_keys) >= 2
+    assert sum(1 for node_keys in keys_per_primary(kv_cluster, "vllm:kv:").values() if node_keys) >= 2
 
 
 def test_leading_chunks_with_a_hole_one_exists_pipeline_per_node(loop, cpu_backend, kv_cluster,
@@ -378,7 +370,7 @@ def test_works_as_the_deployed_vllmkv_user(loop, cpu_backend, kv_cluster, ccli, 
         expected = [chunk_bytes(cpu_backend, i) for i in range(9)]
         run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(9)]))
         assert conn.stats()["puts"] == 9 and wrapped.batched_contains(keys) == 9
-        assert len([n for n in keys_per_node(kv_cluster).values() if n]) == PRIMARIES
+        assert len([n for n in keys_per_primary(kv_cluster, "vllm:kv:").values() if n]) == PRIMARIES
         got = run(loop, wrapped.batched_get(keys))
         assert [bytes(g.byte_array) for g in got] == expected
         for g in got:
