@@ -16,6 +16,7 @@ from ..config import SpillConfig
 from ..direct_io import set_many
 from ..errors import BackendUnavailableError, CacheValueError, ConfigError, ServerReplyError
 from ..metrics import CacheMetrics
+from ..node_groups import is_cluster
 from ..prefixes import validate_prefix
 from ..server_checks import config_get, eviction_policy, eviction_risk
 
@@ -80,11 +81,6 @@ def async_client(source: Any, owner: str):
 
         return connect_async(source)
     return source
-
-
-def is_cluster(client: Any) -> bool:
-    """Whether ``client`` is a ValkeyCluster client, sync or valkey.asyncio."""
-    return hasattr(client, "mget_nonatomic")
 
 
 async def amget(aclient: Any, keys: list) -> list[Any]:

@@ -3,7 +3,7 @@
 The engine hands this module batches of ``(key, buffer)`` pairs. On a standalone server a
 batch of SETs is one ``sendmsg`` gather list and a batch of GETs lands in the caller's buffers
 straight from the socket (``direct_io``). On Valkey Cluster the same batches are grouped by the
-primary that serves each slot; a redirect or a dead node sends a group through valkey-py's
+primary that serves each slot (``node_groups``); a redirect or a dead node sends a group through valkey-py's
 cluster pipeline, which follows MOVED/ASK and refreshes the slot map.
 """
 
@@ -23,6 +23,7 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 from ..config import SpillConfig
 from ..direct_io import get_into, set_from
 from ..errors import ServerReplyError
+from ..node_groups import ROUTING_REPLIES, group_by_node
 from . import keys as K
 
 logger = logging.getLogger("ray_valkey_spill")
@@ -37,7 +38,7 @@ BATCH_COMMANDS = 256
 CLUSTER_FAILOVER_BUDGET_S = 30.0
 _CLUSTER_TRANSIENT = (ClusterDownError, TryAgainError, ValkeyClusterError, SlotNotCoveredError)
 # Error replies that a retry can outlast (a loading server, a slot in migration).
-_TRANSIENT_REPLIES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING")
+_TRANSIENT_REPLIES = (*ROUTING_REPLIES, "LOADING")
 
 
 class ChunkJob:
@@ -136,28 +137,23 @@ class Transport:
         node's own pool; a redirect or node fault reads the group through the cluster
         pipeline instead."""
         client = self._client()
-        groups: dict[str, tuple] = {}
-        for i, key in enumerate(keys):
-            node = client.get_node_from_key(key)
-            groups.setdefault(node.name, (node, []))[1].append(i)
-        for node, indexes in groups.values():
-            sub_keys = [keys[i] for i in indexes]
+        for group in group_by_node(client, keys):
+            sub_keys = group.pick(keys)
 
-            def sub_destination(j: int, n: int, _idx=indexes) -> memoryview:
+            def sub_destination(j: int, n: int, _idx=group.indexes) -> memoryview:
                 return destination(_idx[j], n)
 
-            def sub_check(j: int, stored, _idx=indexes) -> None:
+            def sub_check(j: int, stored, _idx=group.indexes) -> None:
                 check(_idx[j], stored)
 
             try:
-                self._read_batch_direct(sub_keys, sub_destination, sub_check,
-                                        client.get_valkey_connection(node))
+                self._read_batch_direct(sub_keys, sub_destination, sub_check, group.client)
             except (ServerReplyError, OSError, ValkeyConnectionError, ValkeyTimeoutError) as exc:
                 if isinstance(exc, ServerReplyError) and not str(exc).startswith(
                         _TRANSIENT_REPLIES):
                     raise
                 logger.info("direct read from %s: %s; reading through the cluster client",
-                            node.name, exc)
+                            group.name, exc)
                 pipe = client.pipeline(transaction=False)
                 for key in sub_keys:
                     pipe.get(key)

@@ -189,6 +189,45 @@ def test_chunks_spread_over_every_primary_and_moved_slots_are_followed(vcluster,
         h.close()
 
 
+def test_node_groups_split_a_batch_by_the_primary_serving_each_key(vcluster, cprefix,
+                                                                   valkey_url):
+    """The grouping the transport and the LMCache plug-in share: one group per primary, each
+    on that node's own pool holding exactly the keys it serves; a stale map is a routing reply,
+    and re-reading the map sends the key to its new owner."""
+    from ray_valkey_spill.connection import connect
+    from ray_valkey_spill.direct_io import exists_many, set_many
+    from ray_valkey_spill.errors import ServerReplyError
+    from ray_valkey_spill.node_groups import group_by_node, is_routing_reply, refresh_slot_map
+
+    client = connect(vcluster.url)
+    keys = [f"{cprefix}k{i}" for i in range(30)]
+    groups = group_by_node(client, keys)
+    assert len(groups) == PRIMARIES
+    assert sorted(i for g in groups for i in g.indexes) == list(range(30))
+    for g in groups:
+        assert set_many(g.client, [(k, b"v") for k in g.pick(keys)], ex_seconds=60) == \
+            [None] * len(g.indexes)
+    on_node = {vcluster.ports[i]: sorted(k.decode() for k in node_keys)
+               for i, node_keys in per_primary(vcluster, cprefix).items()}
+    assert {g.client.connection_pool.connection_kwargs["port"]: sorted(g.pick(keys))
+            for g in groups} == on_node
+
+    slot = client.keyslot(keys[0])
+    owner = vcluster.slot_owner(slot)
+    assert vcluster.move_slot(slot, (owner + 1) % PRIMARIES) == 1
+    stale = group_by_node(client, keys[:1])[0]  # the client has not seen the move yet
+    with pytest.raises(ServerReplyError) as info:
+        exists_many(stale.client, keys[:1])
+    assert is_routing_reply(info.value) and str(info.value).startswith("MOVED")
+    refresh_slot_map(client)
+    fresh = group_by_node(client, keys[:1])[0]
+    assert fresh.name != stale.name and exists_many(fresh.client, keys[:1]) == [True]
+
+    standalone = connect(valkey_url)
+    assert [(g.name, g.client, g.indexes) for g in group_by_node(standalone, keys)] == \
+        [("", standalone, list(range(30)))]
+
+
 def test_failover_and_crash_of_a_primary_lose_no_spilled_object():
     """replicas=1: a coordinated CLUSTER FAILOVER (every slot of shard 0 MOVED), then a primary
     SIGKILLed and replaced by its replica; every spilled object still restores byte for byte."""

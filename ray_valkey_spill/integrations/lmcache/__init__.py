@@ -14,7 +14,9 @@ LMCache configuration (``LMCACHE_CONFIG_FILE``)::
       remote_storage_plugin.rvs.username: vllmkv
       remote_storage_plugin.rvs.password_env: VALKEY_PASSWORD_VLLMKV
 
-See docs/lmcache.md for the options, the key layout and the guarantees. Importing this module
+``url`` may also name any node of a Valkey Cluster (``valkey+cluster://host:6379``): batches
+then go as one pipeline per node. See docs/lmcache.md for the options, the key layout and the
+guarantees. Importing this module
 imports nothing heavy: LMCache's loader asks for the adapter class by name, and only that
 imports lmcache (and torch). ``import ray_valkey_spill`` never does.
 """

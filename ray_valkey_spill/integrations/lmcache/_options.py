@@ -83,10 +83,7 @@ class PluginOptions:
         if url is None:
             raise ConfigError("url", None, "required: the shared Valkey, e.g. "
                               "valkey://valkey.ai-ml.svc.cluster.local:6379/0 (no password in it)")
-        address = parse_url(url)
-        if address.cluster:
-            raise ConfigError("url", url, "a standalone server (valkey://, valkeys://, unix://); "
-                              "Valkey Cluster is not supported by this plug-in yet")
+        parse_url(url)  # a bad URL is a ConfigError naming it (never echoing a password)
         if ttl_seconds is None:
             raise ConfigError("ttl_seconds", None, "required: every KV chunk on the shared Valkey "
                               "must expire (maxmemory-policy volatile-lru evicts only keys with "

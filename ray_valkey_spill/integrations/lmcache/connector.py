@@ -12,6 +12,16 @@ a batch of puts is one pipeline of ``SET key header+payload EX ttl`` sent from L
 buffers, a batch of gets is one pipeline of GETs received straight into the buffers LMCache
 allocates (the 64-byte header into a small buffer, the payload into the chunk), and
 "how many leading chunks exist" is one pipeline of EXISTS.
+
+On Valkey Cluster (``valkey+cluster://``) each batch is split by the primary serving each
+key's slot (``ray_valkey_spill.node_groups``) and sent as one such pipeline per node, on that
+node's own pool, nodes one after the other. A node that times out, fails, or answers MOVED/ASK
+(a stale slot map after a resharding or failover) costs only its own keys: reads of them are
+misses, writes of them are dropped, both counted. After a redirect or a refused connection
+the slot map is re-read (in the background) so that the following batches go to the right
+nodes. Nothing is followed to
+another node within a batch: a cache entry is not worth a second round trip inside a read's
+time budget.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from ...connection import connect
 from ...direct_io import exists_many, get_into, set_many
 from ...errors import BackendUnavailableError, ConfigError
 from ...keyspace import scan_keys
+from ...node_groups import NodeGroup, group_by_node, is_routing_reply, refresh_slot_map
 from ...prefixes import STATS_SUFFIX
 from ._format import HEADER_BYTES, ChunkLayout, check, escape_key, header, unescape_key
 from ._options import PluginOptions
@@ -45,7 +56,21 @@ def _is_outage(exc: BaseException) -> bool:
     import valkey
 
     return isinstance(exc, _OUTAGES + (valkey.exceptions.ConnectionError,
-                                       valkey.exceptions.TimeoutError))
+                                       valkey.exceptions.TimeoutError,
+                                       valkey.exceptions.ClusterError,  # e.g. CLUSTERDOWN
+                                       valkey.exceptions.ValkeyClusterException))
+
+
+def _map_may_be_stale(exc: BaseException) -> bool:
+    """Whether a failed exchange hints at a changed slot map: a redirect, or a node that
+    refused or dropped the connection (it may have failed over). A timeout does not: a slow
+    or paused node usually comes back, and re-reading the map would cost another wait."""
+    import valkey
+
+    if is_routing_reply(exc):
+        return True
+    cause = exc.__cause__ if isinstance(exc, BackendUnavailableError) else exc
+    return not isinstance(cause, (TimeoutError, valkey.exceptions.TimeoutError))
 
 
 class _Abandonable:
@@ -102,6 +127,7 @@ class SharedValkeyConnector(RemoteConnector):
         self._executor = ThreadPoolExecutor(options.io_threads,
                                             thread_name_prefix="rvs-lmcache-io")
         self._slots = threading.BoundedSemaphore(options.io_threads)
+        self._refreshing = threading.Lock()  # held while the slot map is being re-read
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
 
     # -- keys --------------------------------------------------------------------------------
@@ -137,11 +163,55 @@ class SharedValkeyConnector(RemoteConnector):
             except Exception as exc:  # noqa: BLE001 - statistics are best effort
                 logger.debug("KV cache stats not published: %s", exc)
 
-    def _put_sync(self, keys: List[CacheEngineKey], memory_objs: List[MemoryObj]) -> int:
-        """SET every chunk with its header and the TTL in one pipeline; holds a reference on
-        each chunk until its bytes are sent. Returns how many were stored."""
+    def _per_node(self, what: str, names: List[str],
+                  exchange: Callable[[NodeGroup], None]) -> list[NodeGroup]:
+        """Run ``exchange(group)`` once per node serving ``names`` (one group on a standalone
+        server), one after the other. Returns the groups that failed with an outage (timeout,
+        reset, unreachable node) or a routing reply (MOVED, ASK, TRYAGAIN, CLUSTERDOWN): their
+        keys are the caller's misses or dropped writes, the other groups' results stand. Any
+        other error (NOPERM, WRONGTYPE: a misconfiguration) is raised."""
         try:
-            items, nbytes = [], 0
+            groups = group_by_node(self.client, names)
+        except Exception as exc:
+            if not _is_outage(exc):
+                raise
+            logger.warning("KV cache: %s %d chunks failed: %s", what, len(names), exc)
+            return [NodeGroup("", None, list(range(len(names))))]
+        failed, stale = [], False
+        for group in groups:
+            try:
+                with backend_errors(f"{what} {len(group.indexes)} KV chunks under {self.prefix}"
+                                    + (f" on {group.name}" if group.name else "")):
+                    exchange(group)
+            except Exception as exc:
+                if not (_is_outage(exc) or is_routing_reply(exc)):
+                    raise
+                failed.append(group)
+                stale = stale or (bool(group.name) and _map_may_be_stale(exc))
+                logger.warning("KV cache: %s", exc)
+        if stale:
+            self._refresh_slot_map_soon()
+        return failed
+
+    def _refresh_slot_map_soon(self) -> None:
+        """Re-read the cluster's slot map on a thread of its own, one at a time: the request
+        that met the stale map returns now (its bound holds even when CLUSTER SLOTS is slow)."""
+        if not self._refreshing.acquire(blocking=False):
+            return  # already under way
+
+        def run() -> None:
+            try:
+                refresh_slot_map(self.client)
+            finally:
+                self._refreshing.release()
+
+        threading.Thread(target=run, name="rvs-lmcache-slots", daemon=True).start()
+
+    def _put_sync(self, keys: List[CacheEngineKey], memory_objs: List[MemoryObj]) -> int:
+        """SET every chunk with its header and the TTL, one pipeline per node; holds a
+        reference on each chunk until its bytes are sent. Returns how many were stored."""
+        try:
+            items, sizes = [], []
             for key, obj in zip(keys, memory_objs):
                 name = self.key_of(key)
                 payload = memoryview(obj.byte_array).cast("B")
@@ -153,30 +223,49 @@ class SharedValkeyConnector(RemoteConnector):
                     continue
                 items.append((name, (header(name.encode(), self.layout, shape, payload),
                                      payload)))
-                nbytes += payload.nbytes
+                sizes.append(payload.nbytes)
             if not items:
                 return 0
-            with backend_errors(f"writing {len(items)} KV chunks under {self.prefix}"):
-                errors = set_many(self.client, items, ex_seconds=self.options.ttl_seconds,
-                                  timeout_s=self.options.write_timeout_s)
+            errors: list = [None] * len(items)
+
+            def exchange(group: NodeGroup) -> None:
+                replies = set_many(group.client, group.pick(items),
+                                   ex_seconds=self.options.ttl_seconds,
+                                   timeout_s=self.options.write_timeout_s)
+                for i, error in zip(group.indexes, replies):
+                    errors[i] = error
+
+            # A node that failed mid-batch may have stored some of its chunks: they count as
+            # dropped all the same (a cache only promises what it counts as stored).
+            lost = {i for group in self._per_node("writing", [name for name, _ in items], exchange)
+                    for i in group.indexes}
         finally:
             for obj in memory_objs:
                 obj.ref_count_down()
         oom = sum(1 for e in errors if e is not None and str(e).startswith("OOM"))
-        other = next((e for e in errors if e is not None and not str(e).startswith("OOM")), None)
-        stored = len(items) - sum(1 for e in errors if e is not None)
-        self.counters.add(puts=stored, dropped_puts=oom)
-        self.counters.metrics.bytes_written(nbytes)
+        redirected = sum(1 for e in errors if e is not None and is_routing_reply(e))
+        other = next((e for e in errors if e is not None and not str(e).startswith("OOM")
+                      and not is_routing_reply(e)), None)
+        stored = [i for i, e in enumerate(errors) if e is None and i not in lost]
+        self.counters.add(puts=len(stored), dropped_puts=oom + redirected + len(lost))
+        self.counters.metrics.bytes_written(sum(sizes[i] for i in stored))
         if oom:
             logger.info("KV cache: %d chunks dropped, the server is out of memory (OOM)", oom)
+        if redirected:
+            # SET is not followed to the new node: a write after MOVED/ASK would need the
+            # redirect's node (and ASKING) per chunk; the chunk is only a cache entry.
+            logger.info("KV cache: %d chunks dropped, their slots moved (MOVED/ASK)",
+                        redirected)
+            self._refresh_slot_map_soon()
         self._publish_stats()
         if other is not None:
             raise other  # NOPERM, WRONGTYPE: a misconfiguration, not a full cache
-        return stored
+        return len(stored)
 
     def _get_sync(self, keys: List[CacheEngineKey], handover: _Abandonable) -> list:
-        """Allocate a chunk per key, GET them all in one pipeline straight into those chunks,
-        verify each; unverified chunks are released and come back as None."""
+        """Allocate a chunk per key, GET them in one pipeline per node straight into those
+        chunks, verify each; unverified chunks are released and come back as None (so do the
+        chunks of a node that timed out, failed or redirected)."""
         objs: list[Optional[MemoryObj]] = []
         for _ in keys:
             obj = self.local_cpu_backend.allocate(self.meta_shapes, self.meta_dtypes,
@@ -205,8 +294,17 @@ class SharedValkeyConnector(RemoteConnector):
         results: list[Optional[MemoryObj]] = [None] * len(keys)
         misses = corrupt = nbytes = 0  # hits were counted by the lookup before the read
         try:
-            lengths = get_into(self.client, names, destination,
+            lengths: list[Optional[int]] = [None] * len(keys)
+
+            def exchange(group: NodeGroup) -> None:
+                at = group.indexes
+                got = get_into(group.client, group.pick(names),
+                               lambda j, n: destination(at[j], n),
                                timeout_s=self.options.read_timeout_s)
+                for i, n in zip(at, got):
+                    lengths[i] = n
+
+            self._per_node("reading", names, exchange)
             for i, (name, obj) in enumerate(zip(names, objs)):
                 if obj is None or lengths[i] is None:
                     misses += 1
@@ -222,13 +320,9 @@ class SharedValkeyConnector(RemoteConnector):
                     obj = self.reshape_partial_chunk(obj, payloads[i].nbytes)
                 results[i] = obj
                 nbytes += lengths[i]
-        except BaseException as exc:  # every chunk is released below, half-written or not
+        except BaseException:  # a refusal (NOPERM): every chunk is released below
             results = [None] * len(keys)
-            misses = len(keys)
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache read of %d chunks failed, counted as misses: %s",
-                           len(keys), exc)
+            raise
         finally:
             self._release(o for o, r in zip(objs, results) if o is not None and r is None)
         self.counters.add(misses=misses, corrupt=corrupt)
@@ -242,14 +336,21 @@ class SharedValkeyConnector(RemoteConnector):
         return results
 
     def _leading_sync(self, keys: List[CacheEngineKey]) -> int:
-        """How many of ``keys``, from the first, exist: one pipeline of EXISTS, each socket
-        call bounded by read_timeout_s (the thread is free again soon after a timeout)."""
+        """How many of ``keys``, from the first, exist: one pipeline of EXISTS per node, each
+        socket call bounded by read_timeout_s (the thread is free again soon after a timeout).
+        The keys of a node that failed count as absent, so the count stops at the first."""
         if not keys:
             return 0
-        with backend_errors(f"looking up {len(keys)} KV chunks under {self.prefix}"):
-            replies = exists_many(self.client, [self.key_of(k) for k in keys],
-                                  timeout_s=self.options.read_timeout_s)
-        leading = leading_hits(replies)
+        names = [self.key_of(k) for k in keys]
+        present = [False] * len(keys)
+
+        def exchange(group: NodeGroup) -> None:
+            for i, there in zip(group.indexes, exists_many(
+                    group.client, group.pick(names), timeout_s=self.options.read_timeout_s)):
+                present[i] = there
+
+        self._per_node("looking up", names, exchange)
+        leading = leading_hits(present)
         self.counters.add(hits=leading, misses=len(keys) - leading)
         self._publish_stats()
         return leading
@@ -286,10 +387,9 @@ class SharedValkeyConnector(RemoteConnector):
             return 0
         try:
             return future.result(self.options.read_timeout_s)
-        except Exception as exc:  # a timeout here is concurrent.futures' TimeoutError
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache lookup failed or too slow, counted as no hit: %s", exc)
+        except TimeoutError:  # concurrent.futures' TimeoutError is the builtin since 3.11
+            logger.warning("KV cache lookup took longer than %.3g s: no hit",
+                           self.options.read_timeout_s)
             return 0
 
     async def _count(self, keys: List[CacheEngineKey]) -> int:
@@ -302,11 +402,6 @@ class SharedValkeyConnector(RemoteConnector):
         except asyncio.TimeoutError:
             logger.warning("KV cache lookup took longer than %.3g s: no hit",
                            self.options.read_timeout_s)
-            return 0
-        except Exception as exc:
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache lookup failed, counted as no hit: %s", exc)
             return 0
 
     async def _write(self, keys: List[CacheEngineKey], memory_objs: List[MemoryObj]) -> None:
@@ -323,10 +418,6 @@ class SharedValkeyConnector(RemoteConnector):
         except asyncio.TimeoutError:
             logger.warning("KV cache write of %d chunks still running after %.3g s",
                            len(keys), self.options.write_timeout_s)
-        except Exception as exc:
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache write of %d chunks failed: %s", len(keys), exc)
 
     # -- LMCache's RemoteConnector interface -----------------------------------------------
 

@@ -16,44 +16,18 @@ import pytest
 pytest.importorskip("lmcache", reason="needs the lmcache extra: pip install '.[lmcache]'")
 
 import torch  # noqa: E402
-from lmcache.v1.cache_engine import LMCacheEngineBuilder  # noqa: E402
 from lmcache.v1.storage_backend.connector import CreateConnector  # noqa: E402
-from lmcache_support import (CHUNK, HEAD_DIM, HEADS, LAYERS, CPUKVConnector,  # noqa: E402
-                             cache_key, make_metadata, plugin_config, run)
+from lmcache_support import (FULL_SHAPE, cache_key, chunk_bytes,  # noqa: E402
+                             engines_round_trip, make_chunk, make_connector, make_metadata,
+                             plugin_config, run, tamper_cases)
 
 from support import command_delta, commandstats, render_acl, shipped_acl_users
 from ray_valkey_spill import EmbeddedValkey  # noqa: E402
 from ray_valkey_spill.errors import ConfigError  # noqa: E402
-from ray_valkey_spill.integrations.lmcache import SharedValkeyConnector  # noqa: E402
 from ray_valkey_spill.integrations.lmcache._format import HEADER_BYTES  # noqa: E402
 from ray_valkey_spill.keyspace import scan_keys  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
-FULL_SHAPE = torch.Size([2, LAYERS, CHUNK, HEADS * HEAD_DIM])
-
-
-def _connector(loop, backend, url: str, **options):
-    options.setdefault("ttl_seconds", 600)
-    options.setdefault("stats_flush_seconds", None)
-    config = plugin_config(url, **options)
-    wrapped = CreateConnector("plugin://rvs", loop, backend, config, make_metadata(),
-                              plugin_name="rvs")
-    assert isinstance(wrapped.getWrappedConnector(), SharedValkeyConnector), wrapped
-    return wrapped, wrapped.getWrappedConnector()
-
-
-def _chunk(backend, seed: int, tokens: int = CHUNK):
-    obj = backend.allocate(torch.Size([2, LAYERS, tokens, HEADS * HEAD_DIM]), torch.bfloat16)
-    torch.manual_seed(seed)
-    obj.tensor.copy_(torch.randn(obj.tensor.shape).to(torch.bfloat16))
-    return obj
-
-
-def _stored(backend, seed: int, tokens: int = CHUNK) -> bytes:
-    obj = _chunk(backend, seed, tokens)
-    data = bytes(obj.byte_array)
-    obj.ref_count_down()
-    return data
 
 
 def _clean(server):
@@ -65,9 +39,9 @@ def _clean(server):
 
 def test_round_trip_is_byte_exact_and_keys_are_prefixed(loop, cpu_backend, kv_server):
     client = _clean(kv_server)
-    wrapped, conn = _connector(loop, cpu_backend, kv_server.url)
+    wrapped, conn = make_connector(loop, cpu_backend, kv_server.url)
     keys = [cache_key(i) for i in range(4)] + [cache_key(9, **{"lmcache.tag.user": "a:b%*"})]
-    objs = [_chunk(cpu_backend, i) for i in range(5)]
+    objs = [make_chunk(cpu_backend, i) for i in range(5)]
     expected = [bytes(o.byte_array) for o in objs]
     run(loop, wrapped.batched_put(keys[:4], objs[:4]))
     run(loop, wrapped.put(keys[4], objs[4]))
@@ -81,7 +55,7 @@ def test_round_trip_is_byte_exact_and_keys_are_prefixed(loop, cpu_backend, kv_se
     assert client.strlen(names[0]) == HEADER_BYTES + FULL_SHAPE.numel() * 2
     assert sorted(run(loop, wrapped.list())) == sorted(k.to_string() for k in keys)
     # a partial last chunk (fewer tokens) comes back with its own shape
-    partial = _chunk(cpu_backend, 7, tokens=5)
+    partial = make_chunk(cpu_backend, 7, tokens=5)
     partial_bytes = bytes(partial.byte_array)
     run(loop, wrapped.put(cache_key(20), partial))
     back = run(loop, wrapped.get(cache_key(20)))
@@ -94,46 +68,14 @@ def test_lmcache_engine_stores_and_retrieves_through_the_plugin(kv_server):
     """LMCache's own engine (LMCacheEngineBuilder) on CPU: store a token sequence's KV, then a
     fresh engine (empty local CPU cache) finds and retrieves it from Valkey, tensor for tensor."""
     client = _clean(kv_server)
-    tokens = torch.arange(5000, 5000 + 6 * CHUNK)
-    torch.manual_seed(3)
-    kv = torch.randn(2, LAYERS, len(tokens), HEADS * HEAD_DIM).to(torch.bfloat16)
-    engines, ids = [], []
-    try:
-        for gpu in (CPUKVConnector(kv.clone()), CPUKVConnector(torch.zeros_like(kv))):
-            config = plugin_config(kv_server.url, ttl_seconds=600, stats_flush_seconds=None)
-            ids.append(config.lmcache_instance_id)
-            engine = LMCacheEngineBuilder.get_or_create(ids[-1], config, make_metadata(), gpu,
-                                                        lambda t, r: None, lambda o, r: o)
-            engine.post_init()
-            remote = engine.storage_manager.storage_backends["RemoteBackend-rvs"]
-            assert isinstance(remote.connection.getWrappedConnector(), SharedValkeyConnector)
-            engines.append(engine)
-        _store_and_retrieve(client, tokens, kv, *engines)
-    finally:
-        for instance_id in ids:  # its threads would keep the test process alive
-            LMCacheEngineBuilder.destroy(instance_id)
-
-
-def _store_and_retrieve(client, tokens, kv, writer, reader):
-    writer.store(tokens)
-    deadline = time.monotonic() + 30
-    while len(scan_keys(client, "vllm:kv:*")) < 6:  # puts are asynchronous in LMCache
-        assert time.monotonic() < deadline, "LMCache never wrote the chunks"
-        time.sleep(0.05)
-    assert all(0 < client.ttl(k) <= 600 for k in scan_keys(client, "vllm:kv:*"))
-    before = commandstats(client)
-    assert reader.lookup(tokens) == len(tokens)
-    retrieved = reader.retrieve(tokens)
-    assert int(retrieved.sum()) == len(tokens)
-    assert torch.equal(reader.gpu_connector.kv, kv)
-    assert command_delta(before, commandstats(client)).get("get") == 6  # the bytes came from Valkey
+    engines_round_trip(kv_server.url, client, lambda: commandstats(client).get("get", 0))
 
 
 def test_leading_chunks_with_a_hole_in_one_round_trip(loop, cpu_backend, kv_server):
     client = _clean(kv_server)
-    wrapped, conn = _connector(loop, cpu_backend, kv_server.url)
+    wrapped, conn = make_connector(loop, cpu_backend, kv_server.url)
     keys = [cache_key(100 + i) for i in range(8)]
-    run(loop, wrapped.batched_put(keys[:6], [_chunk(cpu_backend, i) for i in range(6)]))
+    run(loop, wrapped.batched_put(keys[:6], [make_chunk(cpu_backend, i) for i in range(6)]))
     client.unlink(conn.key_of(keys[2]))
     before = commandstats(client)
     reads = client.info("stats")["total_reads_processed"]
@@ -153,7 +95,7 @@ def test_leading_chunks_with_a_hole_in_one_round_trip(loop, cpu_backend, kv_serv
 
 def test_every_key_has_a_ttl_after_every_method(loop, cpu_backend, kv_server):
     client = _clean(kv_server)
-    wrapped, conn = _connector(loop, cpu_backend, kv_server.url, ttl_seconds=321,
+    wrapped, conn = make_connector(loop, cpu_backend, kv_server.url, ttl_seconds=321,
                                stats_flush_seconds=0)
     keys = [cache_key(200 + i) for i in range(3)]
 
@@ -166,10 +108,10 @@ def test_every_key_has_a_ttl_after_every_method(loop, cpu_backend, kv_server):
         assert all(n.startswith(b"vllm:kv:") for n in names), (after, names)
 
     steps = [
-        ("put", lambda: run(loop, wrapped.put(keys[0], _chunk(cpu_backend, 0)))),
+        ("put", lambda: run(loop, wrapped.put(keys[0], make_chunk(cpu_backend, 0)))),
         ("batched_put", lambda: run(loop, wrapped.batched_put(
-            keys, [_chunk(cpu_backend, i) for i in range(3)]))),
-        ("put again", lambda: run(loop, wrapped.put(keys[0], _chunk(cpu_backend, 5)))),
+            keys, [make_chunk(cpu_backend, i) for i in range(3)]))),
+        ("put again", lambda: run(loop, wrapped.put(keys[0], make_chunk(cpu_backend, 5)))),
         ("get", lambda: run(loop, wrapped.get(keys[0])).ref_count_down()),
         ("batched_get", lambda: [o.ref_count_down() for o in run(loop, wrapped.batched_get(keys))]),
         ("batched_get_non_blocking", lambda: [o.ref_count_down() for o in run(
@@ -203,47 +145,24 @@ def test_missing_ttl_and_bad_options_are_config_errors(loop, cpu_backend, kv_ser
         with pytest.raises(ConfigError, match=field):
             CreateConnector("plugin://rvs", loop, cpu_backend, config, make_metadata(),
                             plugin_name="rvs")
-    for url in ("valkey://:secret@127.0.0.1:1/0", "valkey+cluster://127.0.0.1:1"):
-        with pytest.raises(ConfigError, match="url") as info:
-            CreateConnector("plugin://rvs", loop, cpu_backend,
-                            plugin_config(url, ttl_seconds=60), make_metadata(),
-                            plugin_name="rvs")
-        assert "secret" not in str(info.value)
-
-
-def _tamper_cases(client, conn, cpu_backend, keys):
-    """Overwrite stored chunks in every way a value can be wrong (TTLs kept)."""
-    good = [client.get(conn.key_of(k)) for k in keys]
-    raw = _stored(cpu_backend, 42)
-    flipped = bytearray(good[0])
-    flipped[HEADER_BYTES + 1000] ^= 0x01
-    header_flipped = bytearray(good[1])
-    header_flipped[10] ^= 0x01  # the shape field
-    foreign_dtype = bytearray(good[5])
-    foreign_dtype[8:24] = b"float16".ljust(16, b"\0")
-    return {
-        keys[0]: bytes(flipped),               # one bit of the payload
-        keys[1]: bytes(header_flipped),        # one bit of the header
-        keys[2]: good[2][:-100],               # truncated
-        keys[3]: raw,                          # LMCache's built-in format: no header
-        keys[4]: good[6],                      # another key's (valid) chunk
-        keys[5]: bytes(foreign_dtype),         # another layout's header
-        keys[6]: good[6] + b"x",               # one byte too many
-        keys[7]: b"",                          # empty
-    }
+    with pytest.raises(ConfigError, match="url") as info:  # a password belongs in password_env
+        CreateConnector("plugin://rvs", loop, cpu_backend,
+                        plugin_config("valkey://:secret@127.0.0.1:1/0", ttl_seconds=60),
+                        make_metadata(), plugin_name="rvs")
+    assert "secret" not in str(info.value)
 
 
 def test_corrupt_truncated_and_foreign_values_are_counted_misses(loop, cpu_backend, kv_server):
     client = _clean(kv_server)
-    wrapped, conn = _connector(loop, cpu_backend, kv_server.url)
+    wrapped, conn = make_connector(loop, cpu_backend, kv_server.url)
     keys = [cache_key(300 + i) for i in range(9)]
-    run(loop, wrapped.batched_put(keys, [_chunk(cpu_backend, i) for i in range(9)]))
-    cases = _tamper_cases(client, conn, cpu_backend, keys)
+    run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(9)]))
+    cases = tamper_cases(client, conn, cpu_backend, keys)
     for key, value in cases.items():
         client.set(conn.key_of(key), value, keepttl=True)
     got = run(loop, wrapped.batched_get(keys))
     assert got[:8] == [None] * 8
-    assert got[8] is not None and bytes(got[8].byte_array) == _stored(cpu_backend, 8)
+    assert got[8] is not None and bytes(got[8].byte_array) == chunk_bytes(cpu_backend, 8)
     got[8].ref_count_down()
     for key in cases:
         assert run(loop, wrapped.get(key)) is None
@@ -254,10 +173,10 @@ def test_corrupt_truncated_and_foreign_values_are_counted_misses(loop, cpu_backe
 def test_paused_or_unreachable_server_reads_are_misses_within_the_bound(loop, cpu_backend):
     bound = 0.5
     with EmbeddedValkey() as server:
-        wrapped, conn = _connector(loop, cpu_backend, server.url, read_timeout_s=bound,
+        wrapped, conn = make_connector(loop, cpu_backend, server.url, read_timeout_s=bound,
                                    write_timeout_s=bound, socket_timeout_s=2.0, retries=0)
         keys = [cache_key(400 + i) for i in range(3)]
-        run(loop, wrapped.batched_put(keys, [_chunk(cpu_backend, i) for i in range(3)]))
+        run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(3)]))
         server.pause()
         try:
             for name, call in (
@@ -269,7 +188,7 @@ def test_paused_or_unreachable_server_reads_are_misses_within_the_bound(loop, cp
                     ("exists_sync", lambda: wrapped.exists_sync(keys[0])),
                     ("batched_get_non_blocking",
                      lambda: run(loop, wrapped.batched_get_non_blocking("p", keys))),
-                    ("put", lambda: run(loop, wrapped.put(cache_key(499), _chunk(cpu_backend, 9))))):
+                    ("put", lambda: run(loop, wrapped.put(cache_key(499), make_chunk(cpu_backend, 9))))):
                 for _ in range(3):  # also once every I/O thread is stuck on the paused server
                     start = time.monotonic()
                     result = call()
@@ -299,11 +218,11 @@ def test_paused_or_unreachable_server_reads_are_misses_within_the_bound(loop, cp
 
 def test_oom_on_put_drops_the_entries_and_counts_them(loop, cpu_backend):
     with EmbeddedValkey(config={"maxmemory": "3mb", "maxmemory-policy": "noeviction"}) as server:
-        wrapped, conn = _connector(loop, cpu_backend, server.url)
+        wrapped, conn = make_connector(loop, cpu_backend, server.url)
         keys = [cache_key(500 + i) for i in range(400)]  # 400 x 8 KiB > 3 MB
         for start in range(0, len(keys), 50):
             batch = keys[start:start + 50]
-            run(loop, wrapped.batched_put(batch, [_chunk(cpu_backend, i) for i in range(50)]))
+            run(loop, wrapped.batched_put(batch, [make_chunk(cpu_backend, i) for i in range(50)]))
         stats = conn.stats()
         assert stats["dropped_puts"] > 0 and stats["puts"] + stats["dropped_puts"] == 400
         assert server.client().exists(*[conn.key_of(k) for k in keys]) == stats["puts"]
@@ -329,9 +248,9 @@ def test_stats_metrics_and_shedding_see_the_plugin_keys(loop, cpu_backend, kv_se
     monkeypatch.setattr(metrics._registry, "get",
                         lambda: {n: Recorder(n) for n in metrics._DEFINITIONS})
     client = _clean(kv_server)
-    wrapped, conn = _connector(loop, cpu_backend, kv_server.url, stats_flush_seconds=0)
+    wrapped, conn = make_connector(loop, cpu_backend, kv_server.url, stats_flush_seconds=0)
     keys = [cache_key(600 + i) for i in range(10)]
-    run(loop, wrapped.batched_put(keys, [_chunk(cpu_backend, i) for i in range(10)]))
+    run(loop, wrapped.batched_put(keys, [make_chunk(cpu_backend, i) for i in range(10)]))
     assert wrapped.batched_contains(keys + [cache_key(699)]) == 10
     for obj in run(loop, wrapped.batched_get(keys[:4])):
         obj.ref_count_down()
@@ -353,11 +272,11 @@ def test_works_as_the_deployed_vllmkv_user(loop, cpu_backend, tmp_path, monkeypa
     aclfile = tmp_path / "users.acl"
     assert render_acl(aclfile, passwords).returncode == 0
     with EmbeddedValkey(config={"aclfile": str(aclfile)}) as server:
-        wrapped, conn = _connector(loop, cpu_backend, server.url, username="vllmkv",
+        wrapped, conn = make_connector(loop, cpu_backend, server.url, username="vllmkv",
                                    password_env="RVS_TEST_VLLMKV_PASSWORD",
                                    stats_flush_seconds=0)
         keys = [cache_key(700 + i) for i in range(3)]
-        objs = [_chunk(cpu_backend, i) for i in range(3)]
+        objs = [make_chunk(cpu_backend, i) for i in range(3)]
         expected = [bytes(o.byte_array) for o in objs]
         run(loop, wrapped.batched_put(keys, objs))
         assert wrapped.batched_contains(keys) == 3
