@@ -37,6 +37,7 @@ from ._values import ArrayCodec, CacheValueError, CorruptValueError
 from ..errors import BackendUnavailableError, ConfigError
 from ..prefixes import SESSION_PREFIX
 from ..metrics import CacheMetrics
+from ..node_groups import refresh_slot_map
 
 DEFAULT_PREFIX = SESSION_PREFIX
 DEFAULT_TTL_SECONDS = 30 * 60
@@ -158,10 +159,8 @@ class SessionStore:
                 except _stale_slot_map_errors():
                     if attempt == 2:
                         raise
-                    try:
-                        self.client.nodes_manager.initialize()
-                    except _refresh_errors():
-                        pass  # no node answers now: the second attempt reports the outage
+                    # If no node answers now, the second attempt reports the outage.
+                    refresh_slot_map(self.client)
         return self._transaction_once(self.client.connection_pool, turns_key, commands)
 
     @staticmethod
