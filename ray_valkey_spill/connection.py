@@ -178,6 +178,25 @@ def connect_async(target: Any, **options: Any):
         return client
 
 
+async def aclose_loop_clients() -> int:
+    """Close and forget the running event loop's shared valkey.asyncio clients; call it before
+    the loop ends (e.g. last thing in the coroutine ``asyncio.run`` runs). Without it their
+    sockets close when the loop is collected, and a cluster client warns that it was never
+    closed. Returns how many clients were closed."""
+    loop = asyncio.get_running_loop()
+    with _lock:
+        clients = list(_async_clients.pop(loop, {}).values())
+    for client in clients:
+        try:
+            if hasattr(client, "get_nodes"):  # a cluster client closes its nodes' connections
+                await client.aclose()
+            else:  # the pool was handed in, so the client does not close it unless told to
+                await client.aclose(close_connection_pool=True)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+    return len(clients)
+
+
 def close_all() -> None:
     """Close every pooled sync client and forget the asyncio ones (their connections belong to
     their event loops and close with them)."""

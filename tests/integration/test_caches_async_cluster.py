@@ -94,6 +94,27 @@ def test_connect_async_gives_one_cluster_client_per_loop_per_config(vcluster):
         connect_async(vcluster.url)
 
 
+def test_closing_the_loops_clients_leaves_no_unclosed_client(vcluster, valkey_url):
+    import gc
+    import warnings
+
+    from ray_valkey_spill.connection import aclose_loop_clients
+
+    async def use_and_close():
+        assert await connect_async(vcluster.url).ping()
+        assert await connect_async(valkey_url).ping()
+        closed = await aclose_loop_clients()
+        assert connect_async(vcluster.url) is not None  # a new one may be made afterwards
+        return closed + await aclose_loop_clients()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(use_and_close()) == 3
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if "nclosed" in str(w.message)]
+    assert not unclosed, unclosed
+
+
 def test_async_cluster_client_logs_in_with_the_password_from_the_environment(vcluster,
                                                                                monkeypatch):
     user, secret = f"acl{uuid.uuid4().hex[:8]}", uuid.uuid4().hex + "Secret!"
