@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from ..keyspace import unlink_matching
+from .progress import Progress
 
 MiB = 1024 * 1024
 
@@ -277,11 +278,16 @@ def main(argv: list[str] | None = None) -> int:
             emb_impls[name]()
             kv_impls[name]()
         samples: dict[str, list[tuple]] = {}
+        progress = Progress("workloads", args.runs * (len(emb_impls) + len(kv_impls)),
+                            unit_bytes=False)
         for _ in range(args.runs):  # interleaved, so drift hits every implementation alike
             for name, fn in emb_impls.items():
                 samples.setdefault(f"emb/{name}", []).append(fn())
+                progress.update(1)
             for name, fn in kv_impls.items():
                 samples.setdefault(f"kv/{name}", []).append(fn())
+                progress.update(1)
+        progress.close()
     finally:
         if server is not None:
             server.stop()

@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .progress import Progress
+
 DEFAULT_OUT = os.path.join("docs", "results", "bench_frameworks.json")
 TARGETS = {"vs_redisstore_throughput": 1.0, "vs_redisvl_throughput": 10.0,
            "max_bytes_ratio": 0.25}
@@ -120,8 +122,8 @@ def _redisvl(redis_url: str, lookup, ttl: int, tag: str) -> _Cache:
     return _Cache("redisvl", cold, warm, name + ":*")
 
 
-def _interleaved_pass(caches: list[_Cache], phase: str, texts: list[str], batch: int
-                      ) -> tuple[dict[str, float], dict[str, list]]:
+def _interleaved_pass(caches: list[_Cache], phase: str, texts: list[str], batch: int,
+                      progress: Progress) -> tuple[dict[str, float], dict[str, list]]:
     """Seconds per cache of one pass over ``texts`` and what each returned: batch by batch,
     every cache in turn, the order rotating with each batch."""
     seconds = {c.name: 0.0 for c in caches}
@@ -134,6 +136,7 @@ def _interleaved_pass(caches: list[_Cache], phase: str, texts: list[str], batch:
             got = fn(chunk)
             seconds[cache.name] += time.perf_counter() - start
             out[cache.name].extend(got)
+            progress.update(len(chunk))
     return seconds, out
 
 
@@ -175,11 +178,12 @@ def run(url: str, redis_url: str, n: int, dim: int, batch: int, runs: int, ttl: 
         c.name: {"put": [], "get": [], "bytes": []} for c in caches}
     run_ratios: dict[str, list[float]] = {}
     checks: dict[str, dict[str, bool]] = {}
+    progress = Progress("vectors put and got", runs * 2 * len(caches) * n, unit_bytes=False)
     for r in range(runs):
         for cache in caches:
             _clear(client, cache.pattern)
-        put_s, _ = _interleaved_pass(caches, "put", texts, batch)
-        get_s, got = _interleaved_pass(caches, "get", texts, batch)
+        put_s, _ = _interleaved_pass(caches, "put", texts, batch, progress)
+        get_s, got = _interleaved_pass(caches, "get", texts, batch, progress)
         for cache in caches:
             samples[cache.name]["put"].append(n / put_s[cache.name])
             samples[cache.name]["get"].append(n / get_s[cache.name])
@@ -194,6 +198,7 @@ def run(url: str, redis_url: str, n: int, dim: int, batch: int, runs: int, ttl: 
             for metric in ("put", "get", "bytes"):
                 run_ratios.setdefault(f"{metric}_vs_{other}", []).append(
                     samples["ours"][metric][-1] / samples[other][metric][-1])
+    progress.close()
     med = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
     ratios = {k: statistics.median(v) for k, v in run_ratios.items()}
     met = {

@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Any
 
+from .progress import Progress
+
 MiB = 1024 * 1024
 # name -> (layers, kv heads, head dim, chunk tokens, chunks per batch)
 CASES = {
@@ -197,11 +199,14 @@ def _case(case: str, names: list[str], runs: int, lookups: int, reps: int, serve
     conns = {n: _connector(n, server, loop, backend, metadata, tokens) for n in names}
     client = server.client()
     per_run: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    progress = Progress(f"{case}: runs", runs * len(names), unit_bytes=False)
     for r in range(runs):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             per_run[n].append(_one_run(n, conns[n], client, loop, keys, sources, expected,
                                        lookups, reps))
+            progress.update(1)
+    progress.close()
     client.flushall()
     for obj in sources:
         obj.ref_count_down()
