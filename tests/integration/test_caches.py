@@ -540,3 +540,20 @@ def test_session_bytes_that_are_not_json_are_corrupt_values(valkey_url, valkey_c
     valkey_client.rpush(turns_key, b"\xff{not json")
     with pytest.raises(CorruptValueError, match="not JSON"):
         sessions.last("s1", 2)
+
+
+def test_cache_writes_reconnect_after_a_server_restart():
+    """Batches are written on pooled connections (direct_io); a connection the restarted server
+    closed must be replaced when taken from the pool, not fail the next put."""
+    with EmbeddedValkey() as server:
+        emb = EmbeddingCache(server.url, f"m{_uid()}", ttl_seconds=60, stats_flush_seconds=None)
+        kv = KVCache(server.url, f"m{_uid()}", ttl_seconds=60, stats_flush_seconds=None)
+        vectors, tokens = _random_vectors(4), list(range(32))
+        assert emb.put_many(["a", "b", "c", "d"], vectors) == 4
+        assert kv.put(tokens, [_kv_block(0), _kv_block(1)]) == 2
+        server.kill()
+        server.start()  # empty: no persistence
+        assert emb.put_many(["a", "b", "c", "d"], vectors) == 4
+        assert kv.put(tokens, [_kv_block(0), _kv_block(1)]) == 2
+        assert all(_same(g, v) for g, v in zip(emb.get_many(["a", "b", "c", "d"]), vectors))
+        assert len(kv.get(tokens)) == 2
