@@ -54,6 +54,12 @@ SHED_MIN_BYTES = 32 * 1024 * 1024
 # The URL's size is the object's size in Ray's own framing (three u64 lengths + owner address +
 # metadata + data), so Ray's spilled-bytes accounting is the same as with its filesystem.
 FRAME_HEADER_BYTES = 24
+# ray.shutdown() destroys the storage BEFORE it stops the node's IO workers, so a spill still in
+# flight can write after destroy's first sweep. destroy() sweeps again every
+# DESTROY_SETTLE_INTERVAL_S until a sweep finds nothing (at most DESTROY_SETTLE_BOUND_S): the
+# driver has disconnected by then, so the raylet starts no new spills of its objects.
+DESTROY_SETTLE_INTERVAL_S = 0.25
+DESTROY_SETTLE_BOUND_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -396,11 +402,23 @@ class SpillEngine:
         unlink_keys(self.client, [k for base, n in objects for k in K.object_keys(base, n)])
 
     def destroy(self) -> None:
-        """Remove every key of this node in this session. Never raises: a failure is logged
+        """Remove every key of this node in this session, sweeping again until a sweep finds
+        nothing (see DESTROY_SETTLE_INTERVAL_S). Never raises: a failure is logged
         (``ray-valkey-spill gc`` collects what is left)."""
         pattern = K.node_pattern(self.config.prefix, self.session_name, self.node_id)
         try:
             removed = unlink_matching(self.client, pattern)
+            deadline = time.monotonic() + DESTROY_SETTLE_BOUND_S
+            while time.monotonic() < deadline:
+                time.sleep(DESTROY_SETTLE_INTERVAL_S)
+                late = unlink_matching(self.client, pattern)
+                removed += late
+                if not late:
+                    break
+            else:
+                logger.warning("keys matching %s were still being written %.0f s after "
+                               "destroy began; `ray-valkey-spill gc` collects any left",
+                               pattern, DESTROY_SETTLE_BOUND_S)
         except Exception as exc:  # noqa: BLE001 - shutdown must not fail; gc collects leftovers
             logger.error("could not remove spilled keys %s: %s (run `ray-valkey-spill gc`)",
                          pattern, exc)

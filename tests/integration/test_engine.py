@@ -84,6 +84,31 @@ def test_delete_removes_the_objects_keys_and_destroy_the_nodes(harness, valkey_c
     assert scan_keys(valkey_client, harness.config.prefix + "*") == []
 
 
+def test_destroy_also_removes_what_a_spill_in_flight_writes_after_its_first_sweep(
+        harness, valkey_client, monkeypatch):
+    """ray.shutdown() destroys the storage before it stops the IO workers: a chunk written
+    just after destroy's first sweep must not outlive it."""
+    from ray_valkey_spill.spill import engine as spill_engine
+
+    harness.spill(os.urandom(1000))
+    pattern = K.node_pattern(harness.config.prefix, harness.engine.session_name,
+                             harness.engine.node_id)
+    late_key = pattern.replace("*", "late-object:0")
+    sweeps = []
+    original = spill_engine.unlink_matching
+
+    def sweep_then_a_late_write(client, match):
+        sweeps.append(original(client, match))
+        if len(sweeps) == 1:  # an IO worker's write lands right after the first sweep
+            valkey_client.set(late_key, b"a chunk of a spill still in flight")
+        return sweeps[-1]
+
+    monkeypatch.setattr(spill_engine, "unlink_matching", sweep_then_a_late_write)
+    harness.destroy()
+    assert scan_keys(valkey_client, harness.config.prefix + "*") == []
+    assert sweeps[0] > 0 and sweeps[1] == 1 and sweeps[2:] == [0]  # swept until quiet
+
+
 def test_urls_outside_the_prefix_are_refused(harness):
     url = harness.spill(b"x" * 10)
     other = url.replace(harness.config.prefix.encode(), b"ray:other:")
