@@ -170,3 +170,27 @@ def engines_round_trip(url: str, client, get_calls: Callable[[], int]) -> None:
 def run(loop, coro, timeout: float = 30):
     """Run ``coro`` on ``loop`` (another thread) and wait for its result."""
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+
+def assert_every_call_misses_within(loop, wrapped, backend, keys, bound: float) -> None:
+    """Every read and lookup of ``keys`` (and a put) through ``wrapped`` returns a miss or
+    nothing within ``bound`` (+0.5 s), three times over: also once every I/O thread is stuck on
+    an unresponsive server or node."""
+    misses = (None, 0, False, [], [None] * len(keys))
+    calls = (
+        ("batched_get", lambda: run(loop, wrapped.batched_get(keys))),
+        ("get", lambda: run(loop, wrapped.get(keys[0]))),
+        ("batched_contains", lambda: wrapped.batched_contains(keys)),
+        ("batched_async_contains", lambda: run(loop, wrapped.batched_async_contains("p", keys))),
+        ("exists_sync", lambda: wrapped.exists_sync(keys[0])),
+        ("batched_get_non_blocking",
+         lambda: run(loop, wrapped.batched_get_non_blocking("p", keys))),
+        ("put", lambda: run(loop, wrapped.put(cache_key(499), make_chunk(backend, 9)))))
+    for name, call in calls:
+        for _ in range(3):
+            start = time.monotonic()
+            result = call()
+            took = time.monotonic() - start
+            assert took < bound + 0.5, (name, took)
+            assert result in misses, (name, result)
+
