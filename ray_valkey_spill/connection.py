@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import SpillConfig
 from .errors import BackendUnavailableError, ConfigError
+from .node_groups import is_cluster
 
 _lock = threading.Lock()
 _clients: dict[tuple, Any] = {}
@@ -188,7 +189,7 @@ async def aclose_loop_clients() -> int:
         clients = list(_async_clients.pop(loop, {}).values())
     for client in clients:
         try:
-            if hasattr(client, "get_nodes"):  # a cluster client closes its nodes' connections
+            if is_cluster(client):  # a cluster client closes its nodes' connections
                 await client.aclose()
             else:  # the pool was handed in, so the client does not close it unless told to
                 await client.aclose(close_connection_pool=True)

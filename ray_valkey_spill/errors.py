@@ -36,6 +36,11 @@ class ServerReplyError(RayValkeySpillError):
     Not a connection problem: a cache caller must not treat it as a miss (a permission or type
     problem would otherwise pass as an empty cache)."""
 
+    @property
+    def out_of_memory(self) -> bool:
+        """Whether the server refused the write because it is full (an ``OOM`` reply)."""
+        return str(self).startswith("OOM")
+
 
 class UnsafeServerError(RayValkeySpillError):
     """The server is configured so that spilled objects could be lost (e.g. allkeys-* eviction)."""

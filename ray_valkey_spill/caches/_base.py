@@ -361,7 +361,7 @@ class KeyedArrayCache:
         stored = dropped = nbytes = 0
         for reply, payload in zip(replies[:len(payloads)], payloads):
             if isinstance(reply, valkey.exceptions.OutOfMemoryError) or (
-                    isinstance(reply, ServerReplyError) and str(reply).startswith("OOM ")):
+                    isinstance(reply, ServerReplyError) and reply.out_of_memory):
                 dropped += 1
             elif isinstance(reply, (valkey.exceptions.ConnectionError,
                                     valkey.exceptions.TimeoutError)):

@@ -101,7 +101,7 @@ class Transport:
         try:
             set_from(self._client(), batch)
         except ServerReplyError as exc:
-            if str(exc).startswith("OOM"):
+            if exc.out_of_memory:
                 raise OutOfMemoryError(str(exc)) from exc
             raise
 

@@ -242,9 +242,9 @@ class SharedValkeyConnector(RemoteConnector):
         finally:
             for obj in memory_objs:
                 obj.ref_count_down()
-        oom = sum(1 for e in errors if e is not None and str(e).startswith("OOM"))
+        oom = sum(1 for e in errors if e is not None and e.out_of_memory)
         redirected = sum(1 for e in errors if e is not None and is_routing_reply(e))
-        other = next((e for e in errors if e is not None and not str(e).startswith("OOM")
+        other = next((e for e in errors if e is not None and not e.out_of_memory
                       and not is_routing_reply(e)), None)
         stored = [i for i, e in enumerate(errors) if e is None and i not in lost]
         self.counters.add(puts=len(stored), dropped_puts=oom + redirected + len(lost))
