@@ -252,7 +252,12 @@ class KVCache(KeyedArrayCache):
             BackendUnavailableError: the server cannot be reached.
         """
         if not isinstance(blocks, (list, tuple)):
-            blocks = as_numpy(blocks)
+            given, blocks = blocks, as_numpy(blocks)
+            if blocks.ndim == 0:  # None, a number, a string: nothing with a block axis
+                raise CacheValueError(
+                    f"blocks: got {type(given).__name__} {repr(given)[:40]}; allowed: a list or tuple of "
+                    "arrays/tensors (one per block), or one array/tensor whose first axis is "
+                    "the block")
         keys = self.block_keys(tokens)
         if len(blocks) > len(keys):
             raise ConfigError("blocks", f"{len(blocks)} blocks",

@@ -368,6 +368,9 @@ def test_kv_refuses_more_blocks_than_tokens_and_bad_tokens(valkey_url, prefixes)
         kv.lookup(np.ones((2, 16), np.int64))
     with pytest.raises(CacheValueError):
         kv.lookup([0.5] * 16)
+    for not_blocks in (None, 3, "block"):
+        with pytest.raises(CacheValueError, match=r"^blocks: got .*allowed: a list or tuple"):
+            kv.put(list(range(32)), not_blocks)
 
 
 def test_kv_lookup_and_get_are_one_round_trip(private_server, monkeypatch):
