@@ -27,6 +27,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+from ..acl_rules import setuser_command
 from ..config import MiB, SpillConfig
 from ..connection import connection_kwargs
 from ..errors import RayValkeySpillError
@@ -441,8 +442,9 @@ class Doctor:
         own = f"{self.config.prefix}__doctor__:{token}:probe"
         needed = [("SET", own, "x"), ("GET", own), ("UNLINK", own), ("PING",),
                   ("SCAN", "0", "MATCH", f"{self.config.prefix}__doctor__:*", "COUNT", "10")]
-        optional = [("OBJECT", "IDLETIME", own), ("MEMORY", "USAGE", own),
-                    ("CONFIG", "GET", "maxmemory-policy")]
+        # What the shipped rule grants beyond the needed (acl_rules): gc's idle times and
+        # sizes, and INFO memory for the start-up eviction-policy check (never CONFIG GET).
+        optional = [("OBJECT", "IDLETIME", own), ("MEMORY", "USAGE", own), ("INFO", "memory")]
         foreign = []
         for other in OTHER_PREFIXES:
             probe_key = f"{other}__rvs_doctor_probe__{token}"  # random: never exists
@@ -492,9 +494,7 @@ class Doctor:
                 except Exception:  # noqa: BLE001
                     pass
         pattern = f"{self.config.prefix}*"
-        setuser = (f"ACL SETUSER {user if user != 'default' else 'rayspill'} reset on >PASSWORD "
-                   f"~{pattern} +@read +@write +@keyspace +@connection -@dangerous "
-                   "+config|get +memory|usage +object|idletime")
+        setuser = setuser_command(user if user != "default" else "rayspill", self.config.prefix)
         if missing:
             self.add("acl", ERROR, f"user {user} ({method}) may not run {', '.join(missing)} on "
                      f"{pattern} keys: spilling will fail", setuser)
@@ -508,7 +508,7 @@ class Doctor:
         if missing_opt:
             self.add("acl-optional", WARN, f"user {user} may not run {', '.join(missing_opt)}: "
                      "the eviction-policy check at start-up and `gc` idle times/sizes are "
-                     "skipped", "grant +config|get +object|idletime +memory|usage")
+                     "skipped", "give the user the shipped data-user rule: " + setuser)
 
 
     # -- what no data user may do ---------------------------------------------------------

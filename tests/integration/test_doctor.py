@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from ray_valkey_spill.acl_rules import setuser_command
 from ray_valkey_spill.testing.embedded import EmbeddedValkey
 from ray_valkey_spill.tools import doctor
 from ray_valkey_spill.tools.cli_options import EXIT_FINDINGS, EXIT_USAGE
@@ -58,3 +59,27 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, says):
     code, out, err = _run(capsys, argv)
     assert code == EXIT_USAGE and out == ""
     assert err.count("\n") == 1 and says in err and "Traceback" not in err
+
+
+def test_the_acl_line_doctor_suggests_is_the_shipped_rule_and_fixes_the_user(capsys, monkeypatch):
+    """A spill user that reaches every tenant gets a WARN whose fix is the shipped data-user
+    rule (acl_rules); applied as printed, the same user then passes every ACL check."""
+    monkeypatch.setenv("RVS_DOCTOR_PW", "pw-doctor-test")
+    argv = ["--url", None, "--json", "--pings", "1", "--prefix", "ray:x:",
+            "--username", "raysp-x", "--password-env", "RVS_DOCTOR_PW", "--admin-username", "default"]
+    with EmbeddedValkey() as s:
+        admin = s.client()
+        admin.execute_command("ACL", "SETUSER", "raysp-x", "on", ">pw-doctor-test", "~*",
+                              "-@all", "+@read", "+@write", "+@keyspace", "+@connection")
+        argv[1] = s.url
+        _, out, _ = _run(capsys, argv)
+        rows = {c["check"]: c for c in json.loads(out)["checks"]}
+        assert rows["acl"]["status"] == "WARN", rows["acl"]
+        fix = rows["acl"]["action"].split(": ", 1)[1]
+        assert fix == setuser_command("raysp-x", "ray:x:")
+        assert rows["acl-optional"]["status"] == "WARN"  # no INFO memory yet
+        admin.execute_command(*fix.replace(">PASSWORD", ">pw-doctor-test").split())
+        _, out, _ = _run(capsys, argv)
+        rows = {c["check"]: c for c in json.loads(out)["checks"]}
+    assert rows["acl"]["status"] == "OK", rows["acl"]
+    assert "acl-optional" not in rows and rows["acl-dangerous"]["status"] == "OK", rows

@@ -33,6 +33,7 @@ from cluster_configs_lib import (
     SECRET_TEMPLATES, STANDALONE, VM_SCRIPT, acl_rules, crd_errors, crd_schema,
     env_of, k8s_bytes, k8s_validate, key_patterns, leading_comment, load_docs, one,
     ray_containers, ray_pod_templates, valkey_bytes, valkey_parts)
+from ray_valkey_spill.acl_rules import data_user_rule, setuser_command
 from ray_valkey_spill.config import option_default, parse_spilling_config, parse_url
 from ray_valkey_spill.errors import ConfigError
 from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
@@ -546,6 +547,17 @@ def test_data_users_drop_dangerous_commands_last():
         assert all(r.startswith("+") and "@" not in r for r in rules[4:]), (user, rules)
         assert not any(r.startswith("+config") for r in rules), user
     assert key_patterns(users["metrics"]) == [] and key_patterns(users["replication"]) == []
+
+
+def test_every_data_user_has_exactly_the_rule_doctor_suggests():
+    # One home for the data-user rule (acl_rules): the shipped file writes it out, doctor
+    # suggests it; a user whose line drifts from it fails here.
+    users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
+    for user in sorted(set(users) - SERVICE_USERS):
+        (prefix,) = [p[:-1] for p in key_patterns(users[user])]
+        expected = data_user_rule(prefix, transactions=user == "session").split()
+        assert users[user] == expected, user
+    assert setuser_command("raysp-x", "ray:x:").split()[5:] == data_user_rule("ray:x:").split()
 
 
 def test_secret_template_has_placeholders_for_every_user():
