@@ -76,7 +76,7 @@ fi
 
 # Validated by the package: refuses a password in the URL, unknown options, bad values.
 # shellcheck disable=SC2086
-spill_config=$("$PYTHON" -m ray_valkey_spill.tools.cli config "$VALKEY_URL" \
+spill_config=$("$PYTHON" -m ray_valkey_spill.cli config "$VALKEY_URL" \
   "username=$VALKEY_USER" password_env=VALKEY_SPILL_PASSWORD $SPILL_OPTIONS)
 
 case "$role" in

@@ -1,5 +1,2 @@
-"""The ``ray-valkey-spill`` command: operator tools (gc, doctor, stats) and lab tools (stress, bench).
-
-Tools depend on the library and on the shared modules here (``cli_options``, ``tables``,
-``workload``); no tool imports another tool.
-"""
+"""Operator tools of the ``ray-valkey-spill`` command (gc, doctor, stats): what runs against a
+production server. They use the library and ``cli/``, never ``lab/``; no tool imports another."""

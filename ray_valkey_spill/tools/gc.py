@@ -75,8 +75,8 @@ from ..spill import keys as K
 from ..config import SpillConfig
 from ..errors import BackendUnavailableError, ConfigError, RayValkeySpillError
 from ..spill.heartbeat import HEARTBEAT_INTERVAL_S
-from .cli_options import add_connection_options, config_from_args, fail
-from .tables import render_table
+from ..cli.options import add_connection_options, config_from_args, fail
+from ..cli.tables import render_table
 
 DEFAULT_GRACE_S = 600.0
 DEFAULT_ORPHAN_GRACE_S = 3600.0

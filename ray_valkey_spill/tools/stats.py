@@ -23,7 +23,7 @@ from ..errors import BackendUnavailableError, RayValkeySpillError, ServerReplyEr
 from ..keyspace import SCAN_COUNT
 from ..prefixes import CACHE_PREFIXES, SPILL_PREFIX, STATS_SUFFIX
 from ..server_checks import each_node
-from .cli_options import EXIT_OK, add_connection_options, config_from_args, fail
+from ..cli.options import EXIT_OK, add_connection_options, config_from_args, fail
 
 
 

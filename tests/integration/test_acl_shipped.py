@@ -272,7 +272,7 @@ def _gc(server, user: str, prefix: str) -> subprocess.CompletedProcess:
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "ray_valkey_spill.tools.cli", "gc", "--url", server.url,
+        [sys.executable, "-m", "ray_valkey_spill.cli", "gc", "--url", server.url,
          "--prefix", prefix, "--username", user, "--password-env", _env_name(user),
          "--grace-s", "0", "--orphan-grace-s", "0", "--allow-short-grace", "--yes", "--quiet"],
         capture_output=True, text=True, timeout=120)

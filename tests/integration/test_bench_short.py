@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ray_valkey_spill.tools import bench
+from ray_valkey_spill.lab import bench
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])

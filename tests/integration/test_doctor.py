@@ -10,7 +10,7 @@ import pytest
 from ray_valkey_spill.acl_rules import setuser_command
 from ray_valkey_spill.testing.embedded import EmbeddedValkey
 from ray_valkey_spill.tools import doctor
-from ray_valkey_spill.tools.cli_options import EXIT_FINDINGS, EXIT_USAGE
+from ray_valkey_spill.cli.options import EXIT_FINDINGS, EXIT_USAGE
 
 
 def _run(capsys, argv):

@@ -22,7 +22,7 @@ import pytest
 from conftest import MiB
 from ray_valkey_spill.spill.heartbeat import INTERVAL_ENV
 from ray_valkey_spill import EmbeddedValkey, spilling_config
-from ray_valkey_spill.tools.cli import main as cli_main
+from ray_valkey_spill.cli import main as cli_main
 from ray_valkey_spill.connection import close_all
 from ray_valkey_spill.spill.keys import parse_key
 from ray_valkey_spill.tools.gc import DELETE, KEEP_LIVE, KEEP_YOUNG, main as gc_main

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_valkey_spill.tools.multinode import (FAST_DETECTION, ClusterShape, SpillTarget,
+from ray_valkey_spill.lab.multinode import (FAST_DETECTION, ClusterShape, SpillTarget,
                                               cross_node_run, lost_node_run)
 
 pytestmark = pytest.mark.slow

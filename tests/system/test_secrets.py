@@ -210,7 +210,7 @@ def test_url_with_password_is_refused_by_ray_init():
 def _doctor(argv, capsys):
     import json
 
-    from ray_valkey_spill.tools.cli import main as cli_main
+    from ray_valkey_spill.cli import main as cli_main
 
     capsys.readouterr()
     rc = cli_main(["doctor", "--json", "--pings", "5", *argv])

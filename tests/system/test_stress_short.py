@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_valkey_spill.tools.stress import parse_args, run_once
+from ray_valkey_spill.lab.stress import parse_args, run_once
 
 
 @pytest.mark.parametrize("kind,total_gib", [("mixed", 0.25), ("fp16-kv", 0.2)])

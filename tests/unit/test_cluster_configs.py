@@ -239,7 +239,7 @@ def test_gc_cronjob_cleans_what_the_rayservice_spills():
     """gc's arguments parse, name the same server, user, prefix and password Secret as the Ray
     pods, and --ray-address points at the GCS port of the head Service KubeRay makes for this
     RayService (<name>-head-svc)."""
-    from ray_valkey_spill.tools.cli_options import config_from_args
+    from ray_valkey_spill.cli.options import config_from_args
     from ray_valkey_spill.tools.gc import build_parser
 
     job = one(load_docs(GC_CRONJOB), "CronJob")

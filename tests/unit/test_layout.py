@@ -1,5 +1,6 @@
-"""The architecture as rules: the engine has no Ray, no tool imports another tool, the package
-import stays cheap, and every connecting subcommand takes the same connection options."""
+"""The architecture as rules: the engine has no Ray, no tool imports another tool, operator tools
+never depend on lab tooling, the library imports neither, and every connecting subcommand takes
+the same connection options."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ray_valkey_spill"
-# Modules of tools/ that tools share; every other module there is a tool of its own.
-SHARED_TOOL_MODULES = {"__init__", "cli_options", "tables", "workload", "progress", "rawclient",
-                       "ray_sessions", "multinode", "throttle", "deployed_server"}
+# Modules of tools/ (operator tools) and lab/ (benchmarks, scenarios, stress) that the tools of
+# that folder share; every other module there is a tool of its own.
+SHARED_MODULES = {
+    "tools": {"__init__", "ray_sessions"},
+    "lab": {"__init__", "workload", "rawclient", "multinode", "throttle", "deployed_server"},
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -41,23 +45,35 @@ def test_the_spill_engine_imports_no_ray():
     assert out.stdout.strip() == "False"
 
 
-def test_no_tool_imports_another_tool():
-    tools = {p.stem for p in (PACKAGE / "tools").glob("*.py")} - SHARED_TOOL_MODULES
-    for path in (PACKAGE / "tools").glob("*.py"):
-        if path.stem == "cli":  # the dispatcher names each tool by module path, on demand
-            continue
-        others = {m.rsplit(".", 1)[-1] for m in _imports(path)
-                  if m.startswith("ray_valkey_spill.tools.")} & (tools - {path.stem})
-        assert not others, f"tools/{path.name} imports the tool(s) {sorted(others)}"
+@pytest.mark.parametrize("folder", sorted(SHARED_MODULES))
+def test_no_tool_imports_another_tool(folder):
+    tools = {p.stem for p in (PACKAGE / folder).glob("*.py")} - SHARED_MODULES[folder]
+    tools |= {p.name for p in (PACKAGE / folder).iterdir() if (p / "__init__.py").exists()}
+    for path in (PACKAGE / folder).rglob("*.py"):
+        own = path.relative_to(PACKAGE / folder).parts[0].removesuffix(".py")
+        others = {m.split(".")[2] for m in _imports(path)
+                  if m.startswith(f"ray_valkey_spill.{folder}.")} & (tools - {own})
+        assert not others, f"{folder}/{path.name} imports the tool(s) {sorted(others)}"
 
 
-def test_the_library_never_imports_tools_or_testing():
+def test_operator_tools_never_depend_on_lab_tooling():
+    # An operator's image needs tools/ and cli/ only; the lab (benchmarks, scenarios) may use
+    # the CLI pieces but nothing in tools/ or cli/ may need it (the dispatcher names lab
+    # modules as strings, imported on demand).
+    for folder in ("tools", "cli"):
+        for path in (PACKAGE / folder).rglob("*.py"):
+            bad = {m for m in _imports(path) if m.startswith("ray_valkey_spill.lab")}
+            assert not bad, f"{folder}/{path.name} imports {sorted(bad)}"
+
+
+def test_the_library_never_imports_the_command_or_testing():
+    outside = ("ray_valkey_spill.tools", "ray_valkey_spill.lab", "ray_valkey_spill.cli",
+               "ray_valkey_spill.testing")
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE).parts
-        if rel[0] in ("tools", "testing"):
+        if rel[0] in ("tools", "lab", "cli", "testing"):
             continue
-        bad = {m for m in _imports(path)
-               if m.startswith(("ray_valkey_spill.tools", "ray_valkey_spill.testing"))}
+        bad = {m for m in _imports(path) if m.startswith(outside)}
         if rel == ("__init__.py",):
             continue  # the lazy public names (EmbeddedValkey) load on first use only
         assert not bad, f"{'/'.join(rel)} imports {sorted(bad)}"
@@ -72,7 +88,7 @@ def test_every_connecting_subcommand_takes_the_same_connection_options(command):
         "--url", "valkeys://h:6380/0", "--prefix", "ray:x:", "--username", "u",
         "--password-env", "PW", "--ssl-ca-certs", "ca.pem", "--ssl-certfile", "c.pem",
         "--ssl-keyfile", "k.pem", "--no-ssl-check-hostname", "--connect-timeout-s", "2"])
-    from ray_valkey_spill.tools.cli_options import config_from_args
+    from ray_valkey_spill.cli.options import config_from_args
 
     config = config_from_args(args)
     assert (config.user, config.password_env, config.ssl_ca_certs, config.ssl_check_hostname,

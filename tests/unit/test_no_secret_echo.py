@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ray_valkey_spill.config import SpillConfig, parse_url, redact_url, spilling_config
 from ray_valkey_spill.errors import RayValkeySpillError
-from ray_valkey_spill.tools import cli
+from ray_valkey_spill import cli
 
 # Secrets long and random enough that they cannot appear in a message by accident.
 secrets_ = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",

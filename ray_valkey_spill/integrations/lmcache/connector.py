@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 from lmcache.utils import CacheEngineKey
 from lmcache.v1.memory_management import MemoryObj
@@ -39,48 +37,16 @@ from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 from ...caches._base import Counters, backend_errors, leading_hits, warn_if_allkeys_policy
 from ...connection import connect
 from ...direct_io import exists_many, get_into, set_many
-from ...errors import BackendUnavailableError, ConfigError
+from ...errors import ConfigError
 from ...keyspace import scan_keys
-from ...node_groups import NodeGroup, group_by_node, is_routing_reply, refresh_slot_map
+from ...node_groups import NodeGroup, is_routing_reply
 from ...prefixes import STATS_SUFFIX
 from ._format import HEADER_BYTES, ChunkLayout, check, escape_key, header, unescape_key
+from ._io_threads import Abandonable, IOThreads
 from ._options import PluginOptions
+from ._per_node import PerNodeExchange
 
 logger = logging.getLogger("ray_valkey_spill")
-
-# What a read treats as "the server is not there": a miss, never an error for LMCache.
-_OUTAGES = (BackendUnavailableError, ConnectionError, TimeoutError, OSError)
-
-
-def _is_outage(exc: BaseException) -> bool:
-    import valkey
-
-    return isinstance(exc, _OUTAGES + (valkey.exceptions.ConnectionError,
-                                       valkey.exceptions.TimeoutError,
-                                       valkey.exceptions.ClusterError,  # e.g. CLUSTERDOWN
-                                       valkey.exceptions.ValkeyClusterException))
-
-
-def _map_may_be_stale(exc: BaseException) -> bool:
-    """Whether a failed exchange hints at a changed slot map: a redirect, or a node that
-    refused or dropped the connection (it may have failed over). A timeout does not: a slow
-    or paused node usually comes back, and re-reading the map would cost another wait."""
-    import valkey
-
-    if is_routing_reply(exc):
-        return True
-    cause = exc.__cause__ if isinstance(exc, BackendUnavailableError) else exc
-    return not isinstance(cause, (TimeoutError, valkey.exceptions.TimeoutError))
-
-
-class _Abandonable:
-    """Hand-over of a read's results between its I/O thread and the waiting coroutine: if the
-    waiter gave up, the thread releases the memory objects itself when it is done with them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.abandoned = False
-        self.results: list | None = None
 
 
 class SharedValkeyConnector(RemoteConnector):
@@ -124,10 +90,8 @@ class SharedValkeyConnector(RemoteConnector):
         self.client = connect(options.url, **options.connection)
         self.counters = Counters(self.prefix + STATS_SUFFIX, options.stats_flush_seconds,
                                  cache="vllm_kv")
-        self._executor = ThreadPoolExecutor(options.io_threads,
-                                            thread_name_prefix="rvs-lmcache-io")
-        self._slots = threading.BoundedSemaphore(options.io_threads)
-        self._refreshing = threading.Lock()  # held while the slot map is being re-read
+        self._io = IOThreads(options.io_threads)
+        self._nodes = PerNodeExchange(self.client, self.prefix)
         self.maxmemory_policy = warn_if_allkeys_policy(self.client)
 
     # -- keys --------------------------------------------------------------------------------
@@ -138,21 +102,6 @@ class SharedValkeyConnector(RemoteConnector):
 
     # -- the I/O, on the pool's threads ----------------------------------------------------
 
-    def _submit(self, fn: Callable[[], Any]):
-        """Run ``fn`` on an I/O thread; None if every thread is busy (the caller then misses).
-        Waiters shield the returned future: a submitted job is never cancelled, because the
-        job itself gives back its slot and its buffers."""
-        if not self._slots.acquire(blocking=False):
-            return None
-
-        def run():
-            try:
-                return fn()
-            finally:
-                self._slots.release()
-
-        return self._executor.submit(run)
-
     def _publish_stats(self) -> None:
         if self.counters.due():
             try:
@@ -162,50 +111,6 @@ class SharedValkeyConnector(RemoteConnector):
                         pipe.execute()
             except Exception as exc:  # noqa: BLE001 - statistics are best effort
                 logger.debug("KV cache stats not published: %s", exc)
-
-    def _per_node(self, what: str, names: List[str],
-                  exchange: Callable[[NodeGroup], None]) -> list[NodeGroup]:
-        """Run ``exchange(group)`` once per node serving ``names`` (one group on a standalone
-        server), one after the other. Returns the groups that failed with an outage (timeout,
-        reset, unreachable node) or a routing reply (MOVED, ASK, TRYAGAIN, CLUSTERDOWN): their
-        keys are the caller's misses or dropped writes, the other groups' results stand. Any
-        other error (NOPERM, WRONGTYPE: a misconfiguration) is raised."""
-        try:
-            groups = group_by_node(self.client, names)
-        except Exception as exc:
-            if not _is_outage(exc):
-                raise
-            logger.warning("KV cache: %s %d chunks failed: %s", what, len(names), exc)
-            return [NodeGroup("", None, list(range(len(names))))]
-        failed, stale = [], False
-        for group in groups:
-            try:
-                with backend_errors(f"{what} {len(group.indexes)} KV chunks under {self.prefix}"
-                                    + (f" on {group.name}" if group.name else "")):
-                    exchange(group)
-            except Exception as exc:
-                if not (_is_outage(exc) or is_routing_reply(exc)):
-                    raise
-                failed.append(group)
-                stale = stale or (bool(group.name) and _map_may_be_stale(exc))
-                logger.warning("KV cache: %s", exc)
-        if stale:
-            self._refresh_slot_map_soon()
-        return failed
-
-    def _refresh_slot_map_soon(self) -> None:
-        """Re-read the cluster's slot map on a thread of its own, one at a time: the request
-        that met the stale map returns now (its bound holds even when CLUSTER SLOTS is slow)."""
-        if not self._refreshing.acquire(blocking=False):
-            return  # already under way
-
-        def run() -> None:
-            try:
-                refresh_slot_map(self.client)
-            finally:
-                self._refreshing.release()
-
-        threading.Thread(target=run, name="rvs-lmcache-slots", daemon=True).start()
 
     def _put_sync(self, keys: List[CacheEngineKey], memory_objs: List[MemoryObj]) -> int:
         """SET every chunk with its header and the TTL, one pipeline per node; holds a
@@ -237,7 +142,7 @@ class SharedValkeyConnector(RemoteConnector):
 
             # A node that failed mid-batch may have stored some of its chunks: they count as
             # dropped all the same (a cache only promises what it counts as stored).
-            lost = {i for group in self._per_node("writing", [name for name, _ in items], exchange)
+            lost = {i for group in self._nodes.run("writing", [name for name, _ in items], exchange)
                     for i in group.indexes}
         finally:
             for obj in memory_objs:
@@ -256,13 +161,13 @@ class SharedValkeyConnector(RemoteConnector):
             # redirect's node (and ASKING) per chunk; the chunk is only a cache entry.
             logger.info("KV cache: %d chunks dropped, their slots moved (MOVED/ASK)",
                         redirected)
-            self._refresh_slot_map_soon()
+            self._nodes.refresh_slot_map_soon()
         self._publish_stats()
         if other is not None:
             raise other  # NOPERM, WRONGTYPE: a misconfiguration, not a full cache
         return len(stored)
 
-    def _get_sync(self, keys: List[CacheEngineKey], handover: _Abandonable) -> list:
+    def _get_sync(self, keys: List[CacheEngineKey], handover: Abandonable) -> list:
         """Allocate a chunk per key, GET them in one pipeline per node straight into those
         chunks, verify each; unverified chunks are released and come back as None (so do the
         chunks of a node that timed out, failed or redirected)."""
@@ -304,7 +209,7 @@ class SharedValkeyConnector(RemoteConnector):
                 for i, n in zip(at, got):
                     lengths[i] = n
 
-            self._per_node("reading", names, exchange)
+            self._nodes.run("reading", names, exchange)
             for i, (name, obj) in enumerate(zip(names, objs)):
                 if obj is None or lengths[i] is None:
                     misses += 1
@@ -349,7 +254,7 @@ class SharedValkeyConnector(RemoteConnector):
                     group.client, group.pick(names), timeout_s=self.options.read_timeout_s)):
                 present[i] = there
 
-        self._per_node("looking up", names, exchange)
+        self._nodes.run("looking up", names, exchange)
         leading = leading_hits(present)
         self.counters.add(hits=leading, misses=len(keys) - leading)
         self._publish_stats()
@@ -364,14 +269,13 @@ class SharedValkeyConnector(RemoteConnector):
     # -- bounded waiting -------------------------------------------------------------------
 
     async def _read(self, keys: List[CacheEngineKey]) -> List[Optional[MemoryObj]]:
-        handover = _Abandonable()
-        future = self._submit(lambda: self._get_sync(keys, handover))
+        handover = Abandonable()
+        future = self._io.submit(lambda: self._get_sync(keys, handover))
         if future is None:
             self.counters.add(misses=len(keys))
             return [None] * len(keys)
         try:
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                          self.options.read_timeout_s)
+            return await self._io.wait(future, self.options.read_timeout_s)
         except asyncio.TimeoutError:
             with handover.lock:
                 if handover.results is not None:
@@ -382,7 +286,7 @@ class SharedValkeyConnector(RemoteConnector):
             return [None] * len(keys)
 
     def _count_sync(self, keys: List[CacheEngineKey]) -> int:
-        future = self._submit(lambda: self._leading_sync(keys))
+        future = self._io.submit(lambda: self._leading_sync(keys))
         if future is None:
             return 0
         try:
@@ -393,12 +297,11 @@ class SharedValkeyConnector(RemoteConnector):
             return 0
 
     async def _count(self, keys: List[CacheEngineKey]) -> int:
-        future = self._submit(lambda: self._leading_sync(keys))
+        future = self._io.submit(lambda: self._leading_sync(keys))
         if future is None:
             return 0
         try:
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                          self.options.read_timeout_s)
+            return await self._io.wait(future, self.options.read_timeout_s)
         except asyncio.TimeoutError:
             logger.warning("KV cache lookup took longer than %.3g s: no hit",
                            self.options.read_timeout_s)
@@ -407,14 +310,13 @@ class SharedValkeyConnector(RemoteConnector):
     async def _write(self, keys: List[CacheEngineKey], memory_objs: List[MemoryObj]) -> None:
         for obj in memory_objs:
             obj.ref_count_up()  # released by the I/O thread once the bytes are sent
-        future = self._submit(lambda: self._put_sync(keys, memory_objs))
+        future = self._io.submit(lambda: self._put_sync(keys, memory_objs))
         if future is None:
             self._release(memory_objs)
             self.counters.add(dropped_puts=len(keys))
             return
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                   self.options.write_timeout_s)
+            await self._io.wait(future, self.options.write_timeout_s)
         except asyncio.TimeoutError:
             logger.warning("KV cache write of %d chunks still running after %.3g s",
                            len(keys), self.options.write_timeout_s)
@@ -502,7 +404,7 @@ class SharedValkeyConnector(RemoteConnector):
             return [unescape_key(n.decode()[head:]) for n in names
                     if not n.decode().endswith(STATS_SUFFIX)]
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, scan)
+        return await asyncio.get_running_loop().run_in_executor(self._io.executor, scan)
 
     def support_ping(self) -> bool:
         """LMCache contract: ping answers within read_timeout_s."""
@@ -511,12 +413,11 @@ class SharedValkeyConnector(RemoteConnector):
     async def ping(self) -> int:
         """0 if the server answers PING within read_timeout_s; else LMCache's error codes:
         -1 (timeout), -2 (any other failure). LMCache's health monitor calls this."""
-        future = self._submit(self.client.ping)
+        future = self._io.submit(self.client.ping)
         if future is None:
             return -1  # every I/O thread is waiting on the server
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                   self.options.read_timeout_s)
+            await self._io.wait(future, self.options.read_timeout_s)
             return 0
         except asyncio.TimeoutError:
             return -1
@@ -526,7 +427,7 @@ class SharedValkeyConnector(RemoteConnector):
     async def close(self) -> None:
         """Stop the I/O threads (queued work finishes); the shared client stays open for the
         spill backend and other caches of the process."""
-        self._executor.shutdown(wait=False)
+        self._io.shutdown()
 
     def stats(self) -> dict[str, Any]:
         """This process's counters: hits, misses, corrupt, puts, dropped_puts, hit_rate."""

@@ -1,4 +1,4 @@
-"""A tiny run of tools/bench_frameworks.py: it measures all three caches, checks what each one
+"""A tiny run of lab/bench_frameworks.py: it measures all three caches, checks what each one
 returned and that each key had a TTL, and writes its JSON (no speed is asserted here)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("redisvl")
 pytest.importorskip("langchain_community")
 
-from ray_valkey_spill.tools import bench_frameworks  # noqa: E402
+from ray_valkey_spill.lab import bench_frameworks  # noqa: E402
 
 
 def test_short_run_writes_checked_results(tmp_path, capsys):

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from ..keyspace import unlink_matching
-from .progress import Progress
+from ..cli.progress import Progress
 
 MiB = 1024 * 1024
 

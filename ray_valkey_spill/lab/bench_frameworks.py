@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .progress import Progress
+from ..cli.progress import Progress
 
 DEFAULT_OUT = os.path.join("docs", "results", "bench_frameworks.json")
 TARGETS = {"vs_redisstore_throughput": 1.0, "vs_redisvl_throughput": 10.0,

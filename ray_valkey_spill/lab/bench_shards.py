@@ -39,7 +39,7 @@ import uuid
 import numpy as np
 import xxhash
 
-from .cli_options import report_problems
+from ..cli.options import report_problems
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -29,7 +29,7 @@ import xxhash
 
 from ..keyspace import scan_keys
 from ..spill import keys as K
-from .progress import Progress
+from ..cli.progress import Progress
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -1,4 +1,5 @@
-"""The ``ray-valkey-spill`` command: one subcommand per tool, exit codes from ``cli_options``."""
+"""The ``ray-valkey-spill`` command: one subcommand per tool (operator tools in ``tools/``, lab
+tools in ``lab/``), exit codes from ``cli.options``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError, RayValkeySpillError, ServerReplyError
-from .cli_options import EXIT_OK, fail
+from .options import EXIT_OK, fail
 
 
 def _cmd_config(args) -> int:
@@ -37,23 +38,23 @@ def _cmd_options(args) -> int:
     return EXIT_OK
 
 
-# Subcommands that own their argument parsing: name -> (module, help).
+# Subcommands that own their argument parsing: name -> (module under ray_valkey_spill, help).
 _DELEGATED = {
-    "stress": ("stress", "spill stress test through Ray, optionally beside filesystem spilling"),
-    "stress-versions": ("stress_versions", "the stress run through several Ray versions "
+    "stress": ("lab.stress", "spill stress test through Ray, optionally beside filesystem spilling"),
+    "stress-versions": ("lab.stress_versions", "the stress run through several Ray versions "
                         "(one venv each), one row per version"),
-    "bench": ("bench", "backend write/read benchmark against the raw server"),
-    "bench-caches": ("bench_caches", "cache benchmark beside RedisVL and a naive JSON cache"),
-    "bench-shards": ("bench_shards", "spill throughput on 1 vs N Valkey Cluster shards"),
-    "bench-frameworks": ("bench_frameworks", "CacheBackedEmbeddings over this store beside "
+    "bench": ("lab.bench", "backend write/read benchmark against the raw server"),
+    "bench-caches": ("lab.bench_caches", "cache benchmark beside RedisVL and a naive JSON cache"),
+    "bench-shards": ("lab.bench_shards", "spill throughput on 1 vs N Valkey Cluster shards"),
+    "bench-frameworks": ("lab.bench_frameworks", "CacheBackedEmbeddings over this store beside "
                          "LangChain's RedisStore and RedisVL (needs the frameworks extras)"),
-    "bench-lmcache": ("bench_lmcache", "the LMCache plug-in beside LMCache's valkey:// and "
+    "bench-lmcache": ("lab.bench_lmcache", "the LMCache plug-in beside LMCache's valkey:// and "
                       "redis:// connectors (needs the bench-lmcache extra)"),
-    "scenarios": ("scenarios", "cross-node, lost-node, deployed-config and same-node runs "
+    "scenarios": ("lab.scenarios", "cross-node, lost-node, deployed-config and same-node runs "
                   "beside filesystem spilling"),
-    "stats": ("stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
-    "gc": ("gc", "find and remove spilled keys whose Ray session or node is gone"),
-    "doctor": ("doctor", "check a server before a cluster relies on it"),
+    "stats": ("tools.stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
+    "gc": ("tools.gc", "find and remove spilled keys whose Ray session or node is gone"),
+    "doctor": ("tools.doctor", "check a server before a cluster relies on it"),
 }
 
 
@@ -61,7 +62,7 @@ def _delegate(module_name: str):
     def run(args) -> int:
         from importlib import import_module
 
-        return import_module(f".{module_name}", __package__).main(args.rest)
+        return import_module(f"ray_valkey_spill.{module_name}").main(args.rest)
 
     return run
 
@@ -94,6 +95,3 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # a safety net: one line, never a traceback
         return fail(command, ServerReplyError(f"{type(exc).__name__}: {exc}"))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ import sys
 from typing import Any
 
 from ..testing.embedded import EmbeddedValkey, add_transport_argument
-from .cli_options import EXIT_OK, report_problems
+from ..cli.options import EXIT_OK, report_problems
 from .workload import RunResult, add_workload_options, environment, run_once
 
 

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from .progress import Progress
+from ..cli.progress import Progress
 
 MiB = 1024 * 1024
 # name -> (layers, kv heads, head dim, chunk tokens, chunks per batch)

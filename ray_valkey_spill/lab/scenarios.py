@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..testing.embedded import EmbeddedValkey
-from .cli_options import report_problems
+from ..cli.options import report_problems
 from .deployed_server import DeployedValkey, default_configs_dir
 from .multinode import ARRAY_KINDS, FAST_DETECTION, ClusterShape, SpillTarget, cross_node_run, lost_node_run
 from .rawclient import RawClient
