@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .prefixes import SPILL_PREFIX, validate_prefix
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 MIN_CHUNK_SIZE_BYTES = 64 * 1024
 # Far below the server's default proto-max-bulk-len (512 MB) and its 1 MB minimum is checked
 # against the live server at validation time.

@@ -37,7 +37,7 @@ from ..keyspace import unlink_matching
 from ..testing.embedded import EmbeddedValkey, add_transport_argument
 from ..testing.harness import SpillHarness
 from .rawclient import RawClient
-from .workload import make_data
+from .data import make_data
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedValkey()
         args.url = server.url_for(args.transport)
     try:
-        from .workload import environment
+        from .environment import environment
 
         env = environment(args.url)
         results = run(args)

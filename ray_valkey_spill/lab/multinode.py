@@ -20,7 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .workload import GiB, MiB, DataMaker, RunResult, ValkeyProbe, digest
+from ..config import GiB, MiB
+from .data import DataMaker, digest
+from .probes import ValkeyProbe
+from .workload import RunResult
 
 # Data kinds that are one array: an object of "mixed" holds refs owned by its maker, which
 # would die with node A and say nothing about the backend.

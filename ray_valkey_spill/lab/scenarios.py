@@ -44,7 +44,10 @@ from .deployed_server import DeployedValkey, default_configs_dir
 from .multinode import ARRAY_KINDS, FAST_DETECTION, ClusterShape, SpillTarget, cross_node_run, lost_node_run
 from .rawclient import RawClient
 from .throttle import ThrottledDisk, ThrottleUnavailable, evict_from_page_cache
-from .workload import GiB, MiB, add_workload_options, environment, make_data, run_once
+from ..config import GiB, MiB
+from .data import make_data
+from .environment import environment
+from .workload import add_workload_options, run_once
 
 SCENARIOS = ("cross-node", "lost-node", "deployed", "same-node")
 # The user and prefix the shipped RayService (cluster_configs/ray/rayservice.yaml) spills as.

@@ -29,7 +29,8 @@ from typing import Any
 
 from ..testing.embedded import EmbeddedValkey, add_transport_argument
 from ..cli.options import EXIT_OK, report_problems
-from .workload import RunResult, add_workload_options, environment, run_once
+from .environment import environment
+from .workload import RunResult, add_workload_options, run_once
 
 
 ROWS = [  # (figure, label, format, higher is better?)

@@ -1,9 +1,7 @@
-"""The spill workload through Ray: data kinds, the run itself, and its measurements.
-
-``DataMaker`` makes objects of one data kind; ``run_once`` starts a local Ray (spilling to
-Valkey or to Ray's filesystem), pushes ``total_gib`` of objects through it and reads every one
-back, checking every byte. ``stress`` runs it side by side per backend, ``bench-shards`` per
-shard count, and ``bench`` borrows the data kinds.
+"""The spill workload through Ray: ``run_once`` starts a local Ray (spilling to Valkey or to
+Ray's filesystem), pushes ``total_gib`` of objects of one data kind (``data.py``) through it and
+reads every one back, checking every byte. ``stress`` runs it side by side per backend,
+``bench-shards`` per shard count.
 """
 
 from __future__ import annotations
@@ -11,31 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
-import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import xxhash
 
-from ..keyspace import scan_keys
-from ..spill import keys as K
 from ..cli.progress import Progress
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-DATA_KINDS = ("float64", "fp16-kv", "int-tokens", "sparse", "mixed")
-# Every object differs from its siblings: these positions get fresh values per object.
-VARY_STRIDE_BYTES = 64 * 1024
+from ..config import GiB, MiB
+from .data import DATA_KINDS, DataMaker, digest
+from .probes import DirProbe, ValkeyProbe, raylet_stats
 
 
 def add_workload_options(p: argparse.ArgumentParser) -> None:
@@ -57,159 +45,6 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delete-wait-s", type=float, default=30.0)
 
 
-def make_data(kind: str, nbytes: int, seed: int = 7) -> np.ndarray:
-    """A flat byte view of ``nbytes`` of one data kind (one ``DataMaker`` base block)."""
-    if kind == "mixed":
-        raise ValueError("make_data makes one array; 'mixed' objects are not arrays")
-    maker = DataMaker(kind, nbytes, seed, bases=1)
-    return maker.bases[0].reshape(-1).view(np.uint8)
-
-
-# -- data -----------------------------------------------------------------------------------
-def digest(value: Any, ref_digest: Callable[[Any], int] | None = None) -> int:
-    """xxh3-64 of a value: raw bytes for arrays and bytes, pickle bytes for Python objects;
-    an ObjectRef inside a dict or list counts as the digest of the value it points to."""
-    if isinstance(value, np.ndarray):
-        h = xxhash.xxh3_64(f"{value.dtype.str}{value.shape}".encode())
-        h.update(memoryview(np.ascontiguousarray(value)).cast("B"))
-        return h.intdigest()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return xxhash.xxh3_64_intdigest(value)
-    if isinstance(value, dict):
-        h = xxhash.xxh3_64()
-        for k in sorted(value, key=repr):
-            h.update(repr(k).encode())
-            h.update(digest(value[k], ref_digest).to_bytes(8, "little"))
-        return h.intdigest()
-    if isinstance(value, (list, tuple)) and any(_is_ref(v) or isinstance(v, (dict, np.ndarray))
-                                                for v in value):
-        h = xxhash.xxh3_64(type(value).__name__.encode())
-        for v in value:
-            h.update(digest(v, ref_digest).to_bytes(8, "little"))
-        return h.intdigest()
-    if _is_ref(value):
-        if ref_digest is None:
-            import ray
-
-            return digest(ray.get(value))
-        return ref_digest(value)
-    return xxhash.xxh3_64_intdigest(pickle.dumps(value, protocol=5))
-
-
-def _is_ref(value: Any) -> bool:
-    import ray
-
-    return isinstance(value, ray.ObjectRef)
-
-
-def nbytes_of(value: Any) -> int:
-    """Bytes of array and bytes data in ``value``, through dicts, lists and tuples (other values
-    count 0)."""
-    if isinstance(value, np.ndarray):
-        return value.nbytes
-    if isinstance(value, (bytes, bytearray)):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(nbytes_of(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(nbytes_of(v) for v in value)
-    return 0
-
-
-class DataMaker:
-    """Makes objects of one kind fast: a few random base blocks are generated once; each object
-    is a base block whose values at every ``VARY_STRIDE_BYTES`` are replaced by fresh ones (so
-    every object, and every chunk of it, differs). ``ray.put`` copies the block into plasma,
-    so the block can be mutated again for the next object."""
-
-    N_BASE = 3
-
-    def __init__(self, kind: str, object_bytes: int, seed: int = 1234, bases: int | None = None):
-        if kind not in DATA_KINDS:
-            raise ValueError(f"unknown data kind {kind!r}")
-        self.kind = kind
-        self.object_bytes = object_bytes
-        self.rng = np.random.default_rng(seed)
-        count = bases or (self.N_BASE if kind != "mixed" else 2)
-        self.bases = [self._base() for _ in range(count)]
-
-    def _base(self) -> np.ndarray:
-        rng, n = self.rng, self.object_bytes
-        if self.kind in ("float64", "mixed"):
-            a = np.empty(n // 8, dtype=np.float64)
-            rng.random(out=a)
-            return a
-        if self.kind == "fp16-kv":
-            # (layers, 2, heads, tokens, dim) of half-precision activations
-            heads, dim = 8, 128
-            tokens = max(1, n // (2 * 2 * heads * dim * 2) // 4)
-            layers = max(1, n // (2 * 2 * heads * tokens * dim))
-            a = np.empty((layers, 2, heads, tokens, dim), dtype=np.float16)
-            flat = a.reshape(-1)
-            step = 1 << 22
-            tmp = np.empty(step, dtype=np.float32)
-            for s in range(0, flat.size, step):
-                m = min(step, flat.size - s)
-                rng.standard_normal(out=tmp[:m], dtype=np.float32)
-                flat[s:s + m] = tmp[:m]
-            return a
-        if self.kind == "int-tokens":
-            return rng.integers(0, 50_000, size=n // 8, dtype=np.int64)
-        if self.kind == "sparse":
-            a = np.zeros(n // 8, dtype=np.float64)
-            nz = max(1, a.size // 100)
-            a[rng.choice(a.size, size=nz, replace=False)] = rng.standard_normal(nz)
-            return a
-        raise AssertionError(self.kind)
-
-    def _vary(self, a: np.ndarray, index: int) -> None:
-        flat = a.reshape(-1)
-        stride = max(1, VARY_STRIDE_BYTES // flat.itemsize)
-        pos = flat[(index * 7919) % stride::stride]
-        if self.kind == "fp16-kv":
-            pos[:] = self.rng.standard_normal(pos.size, dtype=np.float32)
-        elif self.kind == "int-tokens":
-            pos[:] = self.rng.integers(0, 50_000, size=pos.size)
-        elif self.kind == "sparse":
-            # same positions each time: density stays ~1 %
-            flat[::stride] = self.rng.standard_normal(flat[::stride].size)
-        else:
-            pos[:] = self.rng.random(pos.size)
-        flat[0] = index  # no two objects alike, whatever the rng does
-
-    def make(self, index: int, put: Callable[[Any], Any]) -> tuple[Any, int, int, list]:
-        """Return (value to put, original bytes, digest, child refs kept alive by the value)."""
-        if self.kind != "mixed":
-            a = self.bases[index % len(self.bases)]
-            self._vary(a, index)
-            return a, a.nbytes, digest(a), []
-        base = self.bases[index % len(self.bases)]
-        self._vary(base, index)
-        flavour = index % 3
-        if flavour == 0:  # a plain numpy array (float32 view: another dtype)
-            a = base.view(np.float32)
-            return a, a.nbytes, digest(a), []
-        if flavour == 1:  # raw bytes (a copy, made from the block)
-            b = base.tobytes()
-            return b, len(b), digest(b), []
-        # a dict of Python objects, an array, bytes and refs to other objects
-        child_arr = np.arange(index, index + 128 * 1024, dtype=np.int64)  # 1 MiB
-        child_obj = {"step": index, "tags": [f"t{index}-{j}" for j in range(50)]}
-        children = {put(child_arr): digest(child_arr), put(child_obj): digest(child_obj)}
-        refs = list(children)
-        half = len(base) // 2
-        value = {
-            "id": index,
-            "array": base[:half],
-            "blob": base[half:].tobytes(),
-            "meta": {"name": f"obj-{index}", "shape": list(base.shape), "scale": 0.5 * index,
-                     "nested": [(i, str(i) * 3) for i in range(200)]},
-            "refs": refs,
-        }
-        d = digest(value, ref_digest=lambda r: children[r])
-        return value, nbytes_of(value), d, refs
-
-
 def _check_in_task(refs: list, expected: list[int]) -> list[tuple[int, bool, float]]:
     """Runs inside a Ray task: get each object, return (index, ok, seconds)."""
     import ray
@@ -222,113 +57,6 @@ def _check_in_task(refs: list, expected: list[int]) -> list[tuple[int, bool, flo
         out.append((i, digest(value) == want, dt))
         del value
     return out
-
-
-# -- storage-specific probes ----------------------------------------------------------------
-class ValkeyProbe:
-    """Watches the server (standalone or cluster: memory summed over the primaries)."""
-
-    def __init__(self, url: str, prefix: str, connection_options: dict | None = None):
-        """``connection_options``: credentials for the probe's own connection (it reads INFO,
-        which a least-privilege spill user may not)."""
-        from ..config import SpillConfig, parse_url
-        from ..connection import connect
-
-        self._cluster = parse_url(url).cluster
-        self.client = connect(SpillConfig.from_params({"url": url, **connection_options})
-                              if connection_options else url)
-        self.prefix = prefix
-        self.base_used = self.used_memory()
-        self.peak_used = self.base_used
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def used_memory(self) -> int:
-        """The server's ``used_memory`` in bytes (summed over the primaries of a cluster)."""
-        if not self._cluster:
-            return int(self.client.info("memory")["used_memory"])
-        from valkey.cluster import ValkeyCluster
-
-        per_node = self.client.info("memory", target_nodes=ValkeyCluster.PRIMARIES)
-        if "used_memory" in per_node:  # one primary: valkey-py unwraps the reply
-            return int(per_node["used_memory"])
-        return sum(int(v["used_memory"]) for v in per_node.values())
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                self.peak_used = max(self.peak_used, self.used_memory())
-            except Exception:  # noqa: BLE001 - the sampler must never kill the run
-                continue
-
-    def keys(self) -> list[bytes]:
-        """Keys of spilled objects (a node's heartbeat key, ``...:hb``, is not one)."""
-        return [k for k in scan_keys(self.client, self.prefix + "*")
-                if not K.is_heartbeat_key(k)]
-
-    def stored_bytes(self) -> tuple[int, int]:
-        """(number of spill keys, their total value bytes)."""
-        keys = self.keys()
-        pipe = self.client.pipeline(transaction=False)
-        for k in keys:
-            pipe.strlen(k)
-        return len(keys), sum(pipe.execute()) if keys else 0
-
-    def manifest_count(self) -> int:
-        """Number of manifests under the prefix: objects completely spilled."""
-        return sum(1 for k in self.keys() if K.is_manifest_key(k))
-
-    def stop(self) -> None:
-        """Stop the memory sampler and take a last sample."""
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.peak_used = max(self.peak_used, self.used_memory())
-
-    def close(self) -> None:
-        """Close the client."""
-        self.client.close()
-
-
-class DirProbe:
-    """Watches the spill directory of Ray's filesystem spilling."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def files(self) -> list[str]:
-        """Paths of every file under the directory."""
-        out = []
-        for root, _, names in os.walk(self.path):
-            out.extend(os.path.join(root, n) for n in names)
-        return out
-
-    def stored_bytes(self) -> tuple[int, int]:
-        """(number of files, their total bytes); a file removed meanwhile counts 0 bytes."""
-        files = self.files()
-        total = 0
-        for f in files:
-            try:
-                total += os.path.getsize(f)
-            except OSError:
-                pass
-        return len(files), total
-
-
-def raylet_stats() -> dict | None:
-    """The raylet's store stats (spilled/restored bytes) or None when grpcio is missing."""
-    try:
-        import ray
-        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
-    except ImportError:
-        return None
-    s = reply.store_stats
-    return {name: getattr(s, name) for name in (
-        "spilled_bytes_total", "spilled_objects_total", "spill_time_total_s",
-        "restored_bytes_total", "restored_objects_total", "restore_time_total_s",
-        "object_store_bytes_used", "object_store_bytes_avail")}
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -569,53 +297,3 @@ def run_once(backend: str, args, url: str | None, progress: bool, *,
     if tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return res
-
-
-# -- reporting ------------------------------------------------------------------------------
-
-
-def environment(url: str | None) -> dict[str, Any]:
-    """Versions, machine and commit, for a results file (the server version when ``url`` is
-    given)."""
-    import ray
-
-    from .. import __version__
-
-    env: dict[str, Any] = {
-        "ray": ray.__version__, "package": __version__, "python": platform.python_version(),
-        "numpy": np.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-        "platform": platform.platform(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    try:
-        import valkey
-
-        env["valkey_py"] = valkey.__version__
-        if url:
-            env["transport"] = "unix" if url.startswith("unix:") else "tcp"
-            info = valkey.Valkey.from_url(url).info("server")
-            env["valkey_server"] = info.get("valkey_version") or info.get("redis_version")
-    except Exception as exc:  # noqa: BLE001
-        env["valkey_server"] = f"unknown ({exc})"
-    try:
-        with open("/proc/meminfo") as f:
-            env["mem_total_kib"] = int(f.readline().split()[1])
-    except OSError:
-        pass
-    env["git_commit"] = git_commit()
-    return env
-
-
-def git_commit() -> str | None:
-    """The git commit of this checkout, ``-dirty`` if tracked code changed (docs excluded); None
-    outside git."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-        # Documentation and result files of earlier runs do not change what is measured.
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no",
-                                "--", ":/", ":(exclude,top)docs", ":(exclude,top,glob)**/*.md"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("-dirty" if dirty else "")) or None

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ray_valkey_spill"
 # that folder share; every other module there is a tool of its own.
 SHARED_MODULES = {
     "tools": {"__init__", "ray_sessions"},
-    "lab": {"__init__", "workload", "rawclient", "multinode", "throttle", "deployed_server"},
+    "lab": {"__init__", "workload", "data", "probes", "environment", "rawclient", "multinode",
+            "throttle", "deployed_server"},
 }
 
 

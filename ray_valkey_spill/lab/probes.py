@@ -1,0 +1,115 @@
+"""What a lab run watches besides Ray: the Valkey server (memory, spill keys), the filesystem
+spill directory, and the raylet's own spill/restore counters."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ..keyspace import scan_keys
+from ..spill import keys as K
+
+class ValkeyProbe:
+    """Watches the server (standalone or cluster: memory summed over the primaries)."""
+
+    def __init__(self, url: str, prefix: str, connection_options: dict | None = None):
+        """``connection_options``: credentials for the probe's own connection (it reads INFO,
+        which a least-privilege spill user may not)."""
+        from ..config import SpillConfig, parse_url
+        from ..connection import connect
+
+        self._cluster = parse_url(url).cluster
+        self.client = connect(SpillConfig.from_params({"url": url, **connection_options})
+                              if connection_options else url)
+        self.prefix = prefix
+        self.base_used = self.used_memory()
+        self.peak_used = self.base_used
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def used_memory(self) -> int:
+        """The server's ``used_memory`` in bytes (summed over the primaries of a cluster)."""
+        if not self._cluster:
+            return int(self.client.info("memory")["used_memory"])
+        from valkey.cluster import ValkeyCluster
+
+        per_node = self.client.info("memory", target_nodes=ValkeyCluster.PRIMARIES)
+        if "used_memory" in per_node:  # one primary: valkey-py unwraps the reply
+            return int(per_node["used_memory"])
+        return sum(int(v["used_memory"]) for v in per_node.values())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.peak_used = max(self.peak_used, self.used_memory())
+            except Exception:  # noqa: BLE001 - the sampler must never kill the run
+                continue
+
+    def keys(self) -> list[bytes]:
+        """Keys of spilled objects (a node's heartbeat key, ``...:hb``, is not one)."""
+        return [k for k in scan_keys(self.client, self.prefix + "*")
+                if not K.is_heartbeat_key(k)]
+
+    def stored_bytes(self) -> tuple[int, int]:
+        """(number of spill keys, their total value bytes)."""
+        keys = self.keys()
+        pipe = self.client.pipeline(transaction=False)
+        for k in keys:
+            pipe.strlen(k)
+        return len(keys), sum(pipe.execute()) if keys else 0
+
+    def manifest_count(self) -> int:
+        """Number of manifests under the prefix: objects completely spilled."""
+        return sum(1 for k in self.keys() if K.is_manifest_key(k))
+
+    def stop(self) -> None:
+        """Stop the memory sampler and take a last sample."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.peak_used = max(self.peak_used, self.used_memory())
+
+    def close(self) -> None:
+        """Close the client."""
+        self.client.close()
+
+
+class DirProbe:
+    """Watches the spill directory of Ray's filesystem spilling."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def files(self) -> list[str]:
+        """Paths of every file under the directory."""
+        out = []
+        for root, _, names in os.walk(self.path):
+            out.extend(os.path.join(root, n) for n in names)
+        return out
+
+    def stored_bytes(self) -> tuple[int, int]:
+        """(number of files, their total bytes); a file removed meanwhile counts 0 bytes."""
+        files = self.files()
+        total = 0
+        for f in files:
+            try:
+                total += os.path.getsize(f)
+            except OSError:
+                pass
+        return len(files), total
+
+
+def raylet_stats() -> dict | None:
+    """The raylet's store stats (spilled/restored bytes) or None when grpcio is missing."""
+    try:
+        import ray
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+    except ImportError:
+        return None
+    s = reply.store_stats
+    return {name: getattr(s, name) for name in (
+        "spilled_bytes_total", "spilled_objects_total", "spill_time_total_s",
+        "restored_bytes_total", "restored_objects_total", "restore_time_total_s",
+        "object_store_bytes_used", "object_store_bytes_avail")}
