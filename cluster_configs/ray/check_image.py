@@ -5,7 +5,9 @@ tests/unit/test_ray_image.py. It checks, in a fresh interpreter as every Ray wor
 - ray_valkey_spill_plugin.pth sits in a site-packages directory (.pth files are only read
   there; PYTHONPATH and runtime_env do not reach Ray's spill/restore IO workers);
 - ray_valkey_spill itself is installed there, not editable from a source checkout;
-- the hook patched Ray's external storage, and Ray is the version the package supports.
+- the hook patched Ray's external storage, and Ray is the version the package supports;
+- with RVS_EXTRAS naming lmcache: vLLM knows LMCacheConnectorV1, and LMCache's own plug-in
+  loader finds the adapter class at the module_path/class_name rayservice.yaml names.
 Exit status 0 when all hold, else 1 with one line per problem.
 """
 
@@ -17,6 +19,9 @@ import sys
 
 SUPPORTED_RAY = "2.60."
 PTH = "ray_valkey_spill_plugin.pth"
+# What rayservice.yaml's LMCache config names (tests/unit/test_ray_image.py checks they agree).
+PLUGIN_MODULE = "ray_valkey_spill.integrations.lmcache"
+PLUGIN_CLASS = "SharedValkeyConnectorAdapter"
 
 
 def problems() -> list[str]:
@@ -39,6 +44,30 @@ def problems() -> list[str]:
     if not getattr(storage.setup_external_storage, "_ray_valkey_spill", False):
         out.append("the .pth hook did not patch ray._private.external_storage "
                    "(is RAY_VALKEY_SPILL_DISABLE_PLUGIN set?)")
+    if "lmcache" in os.environ.get("RVS_EXTRAS", "").split(","):
+        out.extend(llm_problems())
+    return out
+
+
+def llm_problems() -> list[str]:
+    """What would stop the llm app's vLLM from offloading its KV cache through the plug-in."""
+    out = []
+    try:
+        from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+    except ImportError as e:
+        return [f"vLLM is not importable ({e}): build FROM a rayproject/ray-llm image"]
+    if "LMCacheConnectorV1" not in KVConnectorFactory._registry:
+        out.append("vLLM has no LMCacheConnectorV1 connector")
+    import importlib
+
+    try:
+        module = importlib.import_module(PLUGIN_MODULE)
+        from lmcache.v1.storage_backend.connector import ConnectorAdapter
+    except ImportError as e:
+        return out + [f"the LMCache plug-in does not import ({e}): install the lmcache extra"]
+    adapter = getattr(module, PLUGIN_CLASS, None)
+    if not (isinstance(adapter, type) and issubclass(adapter, ConnectorAdapter)):
+        out.append(f"{PLUGIN_MODULE}.{PLUGIN_CLASS} is not an LMCache ConnectorAdapter")
     return out
 
 

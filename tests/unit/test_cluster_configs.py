@@ -281,8 +281,11 @@ def test_ray_image_carries_the_package_and_matches_ray_version():
     assert "runtime_env" in header, "must say that runtime_env pip does not reach IO workers"
     dockerfile = DOCKERFILE.read_text(encoding="utf-8")
     (base,) = re.findall(r"^ARG RAY_IMAGE=(\S+)$", dockerfile, re.M)
-    assert base == f"rayproject/ray:{ray_version}-py311"
-    assert re.search(r"^RUN pip install --no-cache-dir /tmp/rvs ", dockerfile, re.M)
+    # ray-llm: Ray with vLLM, which the llm app needs on every node (Serve builds it anywhere).
+    assert base == f"rayproject/ray-llm:{ray_version}-py311-cu128"
+    assert re.search(r'^RUN pip install --no-cache-dir "/tmp/rvs\[\$\{RVS_EXTRAS\}\]" ',
+                     dockerfile, re.M)
+    assert re.search(r"^ARG RVS_EXTRAS=lmcache$", dockerfile, re.M)
     assert " -e " not in dockerfile and "--editable" not in dockerfile
     for group, _, container in ray_containers():
         image = container["image"]
@@ -309,9 +312,14 @@ def test_object_store_is_sized_explicitly_and_fits():
 def test_realistic_resources():
     sizes = {group: c["resources"]["limits"] for group, _, c in ray_containers()}
     assert k8s_bytes(sizes["head"]["memory"]) == 16 * 2**30 and str(sizes["head"]["cpu"]) == "4"
-    workers = [v for k, v in sizes.items() if k != "head"]
+    workers = [v for k, v in sizes.items() if k not in ("head", "gpu-workers")]
     assert workers and all(k8s_bytes(w["memory"]) == 32 * 2**30 and str(w["cpu"]) == "8"
                            for w in workers)
+    # The llm app's nodes: one GPU each (a 7B model in bf16 on a 24 GB L4), and host memory
+    # for model loading and LMCache's 5 GB CPU buffer beside the object store.
+    gpu = sizes["gpu-workers"]
+    assert gpu["nvidia.com/gpu"] == "1" and str(gpu["cpu"]) == "8"
+    assert k8s_bytes(gpu["memory"]) == 64 * 2**30
 
 
 def test_serve_config_is_a_small_valid_application_list():
@@ -324,10 +332,48 @@ def test_serve_config_is_a_small_valid_application_list():
     dockerfile = DOCKERFILE.read_text(encoding="utf-8")
     for app in apps:
         module = app["import_path"].partition(":")[0]
+        if module.startswith("ray."):
+            continue  # Ray's own builder (ray.serve.llm), in the ray-llm base image
         path = CONFIGS / "ray" / (module.replace(".", "/") + ".py")
         assert path.is_file(), f"{app['import_path']}: no {path.relative_to(CONFIGS)}"
         package = module.split(".")[0]
         assert f"COPY --chown=ray:users cluster_configs/ray/{package} " in dockerfile
+
+
+def llm_plugin_options() -> tuple[dict, dict]:
+    """(kv_transfer_config, LMCache plug-in options) of the RayService's llm app."""
+    svc = one(load_docs(RAYSERVICE), "RayService")
+    (app,) = [a for a in yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+              if a["name"] == "llm"]
+    (llm,) = app["args"]["llm_configs"]
+    transfer = llm["engine_kwargs"]["kv_transfer_config"]
+    extra = transfer["kv_connector_extra_config"]["lmcache.extra_config"]
+    return transfer, {k.removeprefix("remote_storage_plugin.rvs."): v for k, v in extra.items()
+                      if k.startswith("remote_storage_plugin.rvs.")}
+
+
+def test_llm_app_offloads_kv_to_valkey_as_vllmkv():
+    """Statically (the build through Serve, vLLM and LMCache is tests/extras/lmcache/
+    test_llm_rayservice.py): the plug-in, as the one ACL user of vllm:kv:, password from the
+    Secret mounted on the GPU workers, the class check_image.py checks at build time."""
+    check_image = (CONFIGS / "ray" / "check_image.py").read_text(encoding="utf-8")
+    transfer, options = llm_plugin_options()
+    assert transfer["kv_connector"] == "LMCacheConnectorV1"
+    assert f'PLUGIN_MODULE = "{options["module_path"]}"' in check_image
+    assert f'PLUGIN_CLASS = "{options["class_name"]}"' in check_image
+    assert options["prefix"] == DEFAULT_PREFIXES["vllm_kv"]
+    users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
+    assert key_patterns(users[options["username"]]) == [options["prefix"] + "*"]
+    assert parse_url(options["url"]).host == VALKEY_HOST
+    assert 60 <= options["ttl_seconds"] <= 86400
+    assert "password" not in options and "password_env" not in options
+    (gpu,) = [(p, t) for g, p, t in ray_pod_templates() if g == "gpu-workers"]
+    template = gpu[1]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in template["containers"][0]["volumeMounts"]}
+    directory, _, filename = options["password_file"].rpartition("/")
+    secret = {v["name"]: v for v in template["volumes"]}[mounts[directory]]["secret"]
+    assert {"key": "vllmkv", "path": filename} in secret["items"]
+    assert secret["defaultMode"] == 0o440
 
 
 def test_rayservice_sets_no_field_kuberay_ignores():

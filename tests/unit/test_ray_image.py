@@ -44,6 +44,19 @@ def test_check_passes_for_a_regular_install_and_names_an_editable_one():
         assert "installed for every Ray process" in result.stdout
 
 
+def test_llm_check_passes_only_with_vllm_and_the_plugin():
+    """With the lmcache extra requested the check also needs vLLM's LMCacheConnectorV1 and the
+    plug-in class LMCache loads: here (no vLLM) it names vLLM; in .ci/lmcache.sh's venv (vLLM
+    for CPU, lmcache, the package installed non-editable) it passes."""
+    import importlib.util
+
+    result = run_check(RVS_EXTRAS="lmcache")
+    if importlib.util.find_spec("vllm") is None:
+        assert result.returncode == 1 and "vLLM is not importable" in result.stderr
+    elif not installed_editable():
+        assert result.returncode == 0, result.stderr
+
+
 def test_check_fails_when_the_hook_does_not_load():
     result = run_check(RAY_VALKEY_SPILL_DISABLE_PLUGIN="1")
     assert result.returncode == 1 and "did not patch" in result.stderr
@@ -53,10 +66,12 @@ def test_dockerfile_installs_checks_and_ships_the_app():
     text = DOCKERFILE.read_text(encoding="utf-8")
     steps = [line for line in text.splitlines() if line and not line.startswith("#")]
     ray_version = one(load_docs(RAYSERVICE), "RayService")["spec"]["rayClusterConfig"]["rayVersion"]
-    assert steps[0] == f"ARG RAY_IMAGE=rayproject/ray:{ray_version}-py311"
+    assert steps[0] == f"ARG RAY_IMAGE=rayproject/ray-llm:{ray_version}-py311-cu128"
     assert steps[1] == "FROM ${RAY_IMAGE}"
-    install = steps.index("RUN pip install --no-cache-dir /tmp/rvs && rm -rf /tmp/rvs")
-    check = steps.index("RUN python /tmp/check_image.py && rm /tmp/check_image.py")
+    assert "ARG RVS_EXTRAS=lmcache" in steps
+    install = steps.index('RUN pip install --no-cache-dir "/tmp/rvs[${RVS_EXTRAS}]" && rm -rf /tmp/rvs')
+    check = steps.index('RUN RVS_EXTRAS="${RVS_EXTRAS}" python /tmp/check_image.py '
+                        '&& rm /tmp/check_image.py')
     assert install < check, "the check must run on the installed package"
     assert "ENV PYTHONPATH=/home/ray/app" in steps
     copied = [line.split()[2:] for line in steps if line.startswith("COPY")]
@@ -66,5 +81,7 @@ def test_dockerfile_installs_checks_and_ships_the_app():
     serve = yaml.safe_load(one(load_docs(RAYSERVICE), "RayService")["spec"]["serveConfigV2"])
     for app in serve["applications"]:
         package = app["import_path"].split(".")[0]
+        if package == "ray":
+            continue  # ray.serve.llm, from the base image
         assert any(c[-1] == f"/home/ray/app/{package}" for c in copied), package
     assert not re.search(r"pip install[^\n]*(-e|--editable)\b", text)
