@@ -36,3 +36,21 @@ def setuser_command(user: str, prefix: str, *, transactions: bool = False) -> st
     (``reset`` first, so nothing the user had before survives; the password stays a placeholder).
     """
     return f"ACL SETUSER {user} reset >PASSWORD {data_user_rule(prefix, transactions=transactions)}"
+
+
+# Ray's GCS (fault tolerance): exactly what redis_store_client.cc sends (hash tables, the job
+# counter, PING), DEL (the DUMMY probe on connect; KubeRay's cleanup), SCAN (the cleanup's
+# SCAN MATCH RAY<ns>@*), and INFO CLUSTER / INFO SENTINEL, which its connect sends to tell a
+# cluster or a sentinel from a plain server (seen with MONITOR, Ray 2.60; without them the GCS
+# exits "Failed to get Redis cluster info"). No @read/@write categories: HGETALL, SET,
+# EXPIRE... are nothing the GCS uses. DUMMY is write-only (%W~): DEL DUMMY passes, GET does not.
+GCS_COMMANDS: tuple[str, ...] = ("hset", "hsetnx", "hget", "hmget", "hdel", "hscan", "hexists",
+                                 "incrby", "ping", "del", "scan", "info|cluster", "info|sentinel")
+
+
+def gcs_user_rule() -> str:
+    """The ACL rule (everything after ``user NAME``) of a Ray GCS fault-tolerance user."""
+    from .prefixes import GCS_KEY_PATTERN, GCS_PROBE_KEY
+
+    commands = " ".join(f"+{c}" for c in GCS_COMMANDS)
+    return f"on resetchannels ~{GCS_KEY_PATTERN} %W~{GCS_PROBE_KEY} db=0 -@all {commands}"

@@ -48,3 +48,40 @@ def validate_prefix(use: str, prefix: object, others: dict[str, str] | None = No
                 field, prefix, f"overlaps the {other_use!r} prefix {other!r}; pick a disjoint prefix"
             )
     return prefix
+
+
+# -- Ray's GCS (fault tolerance) as a tenant ---------------------------------------------------
+# Ray's GCS keeps one hash per table under RAY<namespace>@<TABLE> (and RAY<namespace>@JobCounter)
+# and probes every new connection with DEL DUMMY (ray-project/ray
+# src/ray/gcs/store_client/redis_store_client.cc). KubeRay sets the namespace to the RayCluster's
+# UID unless gcsFaultToleranceOptions.externalStorageNamespace says otherwise; its cleanup Job
+# deletes SCAN MATCH RAY<namespace>@*. Upper-case "RAY" never overlaps "ray:" (key names and ACL
+# patterns are case-sensitive), nor any other registered prefix.
+GCS_KEY_PREFIX = "RAY"
+GCS_NAMESPACE_END = "@"
+GCS_PROBE_KEY = "DUMMY"
+# The ACL key pattern of the GCS user: every namespace (one per RayCluster UID, not known
+# before the cluster exists).
+GCS_KEY_PATTERN = f"{GCS_KEY_PREFIX}*{GCS_NAMESPACE_END}*"
+
+
+def gcs_prefix(namespace: object) -> str:
+    """The key prefix ``RAY<namespace>@`` of one Ray cluster's GCS tables."""
+    field = "GCS external storage namespace"
+    if not isinstance(namespace, str) or not namespace:
+        raise ConfigError(field, namespace, "a non-empty string such as the RayCluster UID")
+    if len(namespace) > _MAX_PREFIX_LEN or not namespace.isascii() or not namespace.isprintable():
+        raise ConfigError(field, namespace, f"printable ASCII, at most {_MAX_PREFIX_LEN} characters")
+    if any(c in namespace for c in " *?[]\\{}@"):
+        # '@' would let SCAN MATCH RAY<ns>@* of one namespace reach another ("a" and "a@b").
+        raise ConfigError(field, namespace, "no spaces, glob characters, braces or '@'")
+    return f"{GCS_KEY_PREFIX}{namespace}{GCS_NAMESPACE_END}"
+
+
+def gcs_namespace_of(key: bytes | str) -> str | None:
+    """The GCS namespace a key belongs to (``RAY<ns>@...``), or None if it is not a GCS key."""
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if not text.startswith(GCS_KEY_PREFIX):
+        return None
+    namespace, sep, _ = text[len(GCS_KEY_PREFIX):].partition(GCS_NAMESPACE_END)
+    return namespace if sep and namespace else None

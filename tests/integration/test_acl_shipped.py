@@ -36,6 +36,20 @@ PW_ENV = "RVS_SHIPPED_ACL_PASSWORD_"
 OWN_KEY = {"rayspill": "ray:t:k", "raysp-embed": "ray:embed:t:k", "raysp-batch": "ray:batch:t:k",
            "embcache": "emb:t:k", "vllmkv": "vllm:kv:t:k", "session": "session:t:k"}
 DATA_USERS = sorted(OWN_KEY)
+# Ray's GCS user: exact commands on RAY<namespace>@ keys (acl_rules.gcs_user_rule).
+GCS_USER, GCS_KEY = "raygcs-embed", "RAYt@KV"
+# What the GCS user may not do although the GCS's own keys are in its pattern, and every other
+# tenant's keys with the very commands it may run.
+GCS_REFUSED = [
+    ("GET", GCS_KEY), ("SET", GCS_KEY, "x"), ("HGETALL", GCS_KEY), ("HKEYS", GCS_KEY),
+    ("EXPIRE", GCS_KEY, "1"), ("UNLINK", GCS_KEY), ("RENAME", GCS_KEY, "RAYt@KV2"),
+    ("DUMP", GCS_KEY), ("GET", "DUMMY"), ("HGET", "DUMMY", "f"), ("INFO", "memory"),
+    ("CLUSTER", "SLOTS"), ("DBSIZE",), ("MULTI",),
+    *[(cmd, key, *args) for key in ("ray:embed:t:k", "ray:t:k", "emb:t:k", "vllm:kv:t:k",
+                                    "session:t:k")
+      for cmd, *args in (("HGET", "f"), ("HSET", "f", "v"), ("DEL",), ("HSCAN", "0"),
+                         ("INCRBY", "1"), ("HEXISTS", "f"))],
+]
 PLANTED_LIBRARY = ("#!lua name=planted\n"
                    "server.register_function('wipe', function() return server.call('FLUSHALL') end)")
 
@@ -78,6 +92,7 @@ FORBIDDEN = {
     + NO_KEYS,
     "replication": ADMIN_ONLY + [c for c in OPERATOR_ONLY if c[0] != "PSYNC"] + NO_KEYS,
     "platform": ADMIN_ONLY + WRITES + [("PSYNC", "?", "-1")],
+    GCS_USER: ADMIN_ONLY + OPERATOR_ONLY + GCS_REFUSED,
 }
 
 
@@ -154,7 +169,7 @@ def test_default_user_is_refused(server):
 @pytest.mark.parametrize("user", sorted(FORBIDDEN))
 def test_every_forbidden_command_is_refused_to_every_user(server, passwords, user):
     client = _as(server, passwords, user)
-    key = OWN_KEY.get(user, "ray:t:k")
+    key = {**OWN_KEY, GCS_USER: GCS_KEY}.get(user, "ray:t:k")
     refused, ran = 0, []
     for command in FORBIDDEN[user]:
         args = [a.format(k=key, u=user) for a in command]
@@ -207,6 +222,26 @@ def test_cache_modules_work_as_their_users(server, passwords):
     store = SessionStore(connect(_config(server, "session")), ttl_seconds=60)
     assert store.append(f"shipped-{tag}", "hi", "there") == 2  # MULTI/EXEC
     assert store.last(f"shipped-{tag}", 5) == ["hi", "there"]
+
+
+def test_gcs_user_runs_what_rays_gcs_and_kuberays_cleanup_send(server, passwords):
+    """Ray 2.60's GCS: INFO CLUSTER, INFO SENTINEL and DEL DUMMY on connect, then hash tables
+    and the job counter; KubeRay's cleanup: SCAN MATCH RAY<ns>@* and DEL."""
+    client = _as(server, passwords, GCS_USER)
+    ns = f"RAY{uuid.uuid4().hex}@"
+    assert client.execute_command("INFO", "CLUSTER")["cluster_enabled"] == 0
+    client.execute_command("INFO", "SENTINEL")
+    assert client.execute_command("DEL", "DUMMY") == 0 and client.ping()
+    table, counter = ns + "ACTOR", ns + "JobCounter"
+    assert client.hset(table, "a1", b"spec") == 1 and client.hsetnx(table, "a1", b"x") == 0
+    assert client.hget(table, "a1") == b"spec" and client.hmget(table, ["a1", "zz"]) == [b"spec", None]
+    assert client.hexists(table, "a1") and client.hscan(table, 0)[1] == {b"a1": b"spec"}
+    assert client.incrby(counter, 1) == 1 and client.hdel(table, "a1") == 1
+    client.hset(table, "a2", b"spec")
+    found = client.scan(0, match=ns + "*", count=1000)[1]
+    assert sorted(found) == sorted(k.encode() for k in (table, counter))
+    assert client.delete(*found) == 2
+    assert _as(server, passwords, "admin").exists(table, counter, "DUMMY") == 0
 
 
 def test_metrics_user_runs_what_the_exporter_sends(server, passwords):

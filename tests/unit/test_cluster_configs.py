@@ -33,7 +33,7 @@ from cluster_configs_lib import (
     SECRET_TEMPLATES, STANDALONE, VM_SCRIPT, acl_rules, crd_errors, crd_schema,
     env_of, k8s_bytes, k8s_validate, key_patterns, leading_comment, load_docs, one,
     ray_containers, ray_pod_templates, valkey_bytes, valkey_parts)
-from ray_valkey_spill.acl_rules import data_user_rule, setuser_command
+from ray_valkey_spill.acl_rules import data_user_rule, gcs_user_rule, setuser_command
 from ray_valkey_spill.config import option_default, parse_spilling_config, parse_url
 from ray_valkey_spill.errors import ConfigError
 from ray_valkey_spill.prefixes import DEFAULT_PREFIXES
@@ -54,6 +54,8 @@ SPILL_ENV = "RAY_object_spilling_config"
 DEFAULT_CHUNK = option_default("chunk_size_bytes")
 # Users of the ACL file that are not data users (data users: one key prefix each).
 SERVICE_USERS = {"default", "admin", "platform", "replication", "metrics"}
+# Ray GCS fault-tolerance users: no data user (exact commands on RAY<ns>@ keys, acl_rules).
+GCS_USERS = {"raygcs-embed"}
 # redis_exporter v1.83.0 added --disable-scrape-endpoint (oliver006/redis_exporter #1104, #1106).
 EXPORTER_MIN_VERSION = (1, 83, 0)
 
@@ -573,7 +575,7 @@ def test_acl_patterns_cover_every_prefix_with_its_own_user():
 
 def test_data_users_drop_dangerous_commands_last():
     users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
-    data_users = sorted(set(users) - SERVICE_USERS)
+    data_users = sorted(set(users) - SERVICE_USERS - GCS_USERS)
     assert {"rayspill", "raysp-embed", "raysp-batch", "embcache", "vllmkv", "session"} <= set(data_users)
     for user in data_users:
         rules = users[user]
@@ -599,11 +601,27 @@ def test_every_data_user_has_exactly_the_rule_doctor_suggests():
     # One home for the data-user rule (acl_rules): the shipped file writes it out, doctor
     # suggests it; a user whose line drifts from it fails here.
     users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
-    for user in sorted(set(users) - SERVICE_USERS):
+    for user in sorted(set(users) - SERVICE_USERS - GCS_USERS):
         (prefix,) = [p[:-1] for p in key_patterns(users[user])]
         expected = data_user_rule(prefix, transactions=user == "session").split()
         assert users[user] == expected, user
     assert setuser_command("raysp-x", "ray:x:").split()[5:] == data_user_rule("ray:x:").split()
+
+
+def test_gcs_user_has_exactly_the_gcs_rule_and_no_tenants_keys():
+    users = acl_rules(ACL_FILE.read_text(encoding="utf-8"))
+    assert GCS_USERS <= set(users)
+    for user in GCS_USERS:
+        rules = users[user]
+        assert rules == gcs_user_rule().split(), user
+        # Single commands only after -@all: no category could bring back GET, SET or FLUSHALL.
+        after = rules[rules.index("-@all") + 1:]
+        assert after and all(r.startswith("+") and "@" not in r for r in after), after
+        assert key_patterns(rules) == ["RAY*@*", "DUMMY"] and "%W~DUMMY" in rules
+        assert "db=0" in rules and "resetchannels" in rules
+        for prefix in DEFAULT_PREFIXES.values():
+            assert not any(fnmatch.fnmatchcase(prefix + "x:1", p) for p in key_patterns(rules))
+        assert fnmatch.fnmatchcase("RAY2f1c9a7e-uid@KV", "RAY*@*")
 
 
 def test_secret_template_has_placeholders_for_every_user():
