@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ray_valkey_spill"
 SHARED_MODULES = {
     "tools": {"__init__", "ray_sessions"},
     "lab": {"__init__", "workload", "data", "probes", "environment", "rawclient", "multinode",
-            "throttle", "deployed_server"},
+            "throttle", "deployed_server", "ray_data_workload"},
 }
 
 

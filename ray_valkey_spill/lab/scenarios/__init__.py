@@ -5,6 +5,7 @@ filesystem spilling in one invocation, backends alternating, medians of ``--repe
     ray-valkey-spill scenarios lost-node  [--task-cost-s 2]
     ray-valkey-spill scenarios deployed   [--cluster-configs cluster_configs]
     ray-valkey-spill scenarios same-node
+    ray-valkey-spill scenarios ray-data   [--ray-data-mib 1024] [--object-store-mib 256]
     ray-valkey-spill scenarios plot       [--out docs/scenarios.png]
 
 cross-node  a local 3-node Ray (head with the driver, node A, node B): A makes the objects and
@@ -18,6 +19,9 @@ deployed    the same-node spill/restore run against valkey-server started with t
             persistence variants (appendfsync no, RDB only, none).
 same-node   restore levers (connections, chunk size, restore workers) against Ray's filesystem
             restore from the page cache and from /dev/shm, and the raw socket GET of the bytes.
+ray-data    Ray Data on a dataset bigger than the object store: random_shuffle, sort on a random
+            key (with a payload column), a materialized map_batches pipeline read twice; every
+            row checked; Ray's spilled bytes and the keys left after shutdown per workload.
 Every scenario with ``--throttle-mibps`` > 0 (and root) adds a filesystem row on a throttled
 disk read cold (cgroup block-I/O limit, spill files evicted from the page cache first).
 
@@ -40,9 +44,10 @@ from ..multinode import ARRAY_KINDS
 from .deployed import scenario_deployed
 from .multi_node import scenario_cross_node, scenario_lost_node
 from .plot import plot
+from .ray_data import KNOBS, scenario_ray_data
 from .same_node import scenario_same_node
 
-SCENARIOS = ("cross-node", "lost-node", "deployed", "same-node")
+SCENARIOS = ("cross-node", "lost-node", "deployed", "same-node", "ray-data")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -79,7 +84,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--same-node-object-mib", type=int, default=64)
     g.add_argument("--same-node-kind", default="float64")
     g.add_argument("--object-store-mib", type=int, default=256)
+    g = p.add_argument_group("ray-data (also --object-store-mib)")
+    g.add_argument("--ray-data-mib", type=int, default=1024, help="dataset size (MiB)")
+    g.add_argument("--ray-data-row-bytes", type=int, default=8192, help="payload bytes per row")
+    g.add_argument("--ray-data-blocks", type=int, default=64)
+    g.add_argument("--ray-data-payload", choices=("random", "tokens"), default="random")
+    g.add_argument("--ray-data-variants", default="",
+                   help=f"semicolon-separated extra rows, of: {'; '.join(KNOBS)}".replace("%", "%%"))
     args = p.parse_args(argv)
+    args.ray_data_variants = [v.strip() for v in args.ray_data_variants.split(";") if v.strip()]
+    unknown = [v for v in args.ray_data_variants if v not in KNOBS]
+    if unknown:
+        p.error(f"--ray-data-variants: {unknown[0]!r} is not one of {'; '.join(KNOBS)}")
+    if args.ray_data_mib < 1 or args.ray_data_row_bytes < 64 or args.ray_data_blocks < 1:
+        p.error("--ray-data-mib and --ray-data-blocks must be positive, --ray-data-row-bytes "
+                ">= 64")
     args.kinds = [k for k in args.kinds.split(",") if k]
     bad = [k for k in args.kinds if k not in ARRAY_KINDS]
     if bad:
@@ -92,7 +111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 RUNNERS = {"cross-node": scenario_cross_node, "lost-node": scenario_lost_node,
-           "deployed": scenario_deployed, "same-node": scenario_same_node}
+           "deployed": scenario_deployed, "same-node": scenario_same_node,
+           "ray-data": scenario_ray_data}
 
 
 def main(argv: list[str] | None = None) -> int:
