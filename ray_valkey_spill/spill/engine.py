@@ -276,11 +276,17 @@ class SpillEngine:
                 self._transport.set_batch(batch)  # SET is idempotent: the batch may repeat
 
     # -- restore ----------------------------------------------------------------------------
-    def restore(self, urls: Sequence[bytes], deliver: Callable[[int, "ObjectReader"], None]) -> int:
+    def restore(self, urls: Sequence[bytes], deliver: Callable[[int, "ObjectReader"], None],
+                on_lost: Callable[[int, RayValkeySpillError], None] | None = None) -> int:
         """Restore each URL: ``deliver(i, reader)`` must read the whole object from ``reader``
         (``reader.size`` bytes, through ``readinto``) into its destination. Returns the bytes
-        restored. Errors are logged with the key and cause (Ray only logs and retries later),
-        and are always ``RayValkeySpillError``s."""
+        restored. Errors are logged with the key and cause, and are always
+        ``RayValkeySpillError``s.
+
+        ``on_lost(i, exc)``: called instead of raising when object ``i`` is gone for good (a
+        server that answers says its manifest does not exist, or it is corrupt); the other
+        objects are still restored. A server that does not answer always raises (it may come
+        back with the data)."""
         self._stamp_node()
         total = 0
         for i, url in enumerate(urls):
@@ -288,6 +294,13 @@ class SpillEngine:
             try:
                 reader = self.open(url)
                 deliver(i, reader)
+            except (ObjectMissingError, CorruptObjectError) as exc:
+                logger.error("restore from %r failed: %s", url, exc)
+                spill_metrics().error("restore", exc)
+                if on_lost is None:
+                    raise
+                on_lost(i, exc)
+                continue
             except RayValkeySpillError as exc:
                 logger.error("restore from %r failed: %s", url, exc)
                 spill_metrics().error("restore", exc)

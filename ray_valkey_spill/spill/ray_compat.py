@@ -206,6 +206,27 @@ def objects_from_store(storage, object_refs) -> list[tuple]:
     return [(item[0], item[1]) for item in storage._get_objects_from_store(object_refs)]
 
 
+def lost_object_metadata() -> bytes:
+    """The plasma metadata that makes ``ray.get`` raise ``ObjectLostError``: an object that
+    is metadata only, the decimal ``ErrorType.OBJECT_LOST`` (the way Ray stores its own error
+    objects; ``_private/serialization.py`` maps it to the exception in every supported Ray)."""
+    from ray.core.generated.common_pb2 import ErrorType
+
+    return str(ErrorType.Value("OBJECT_LOST")).encode("ascii")
+
+
+def tell_drivers(error_type: str, message: str) -> None:
+    """Print ``message`` in every driver's console (Ray's error channel, job id nil), as Ray
+    does for its own background errors; best effort, never raises."""
+    try:
+        import ray
+
+        ray._private.utils.push_error_to_driver(ray._private.worker.global_worker, error_type,
+                                                message, job_id=None)
+    except Exception:  # noqa: BLE001 - the log line and the metric remain
+        pass
+
+
 def metrics_agent_missing() -> ImportError | None:
     """Why Ray's metrics agent cannot run here (``ray[default]`` missing), or None. The same
     import every supported Ray makes (2.40 hides it in a bool-returning helper)."""
@@ -218,4 +239,5 @@ def metrics_agent_missing() -> ImportError | None:
 
 __all__ = ["SUPPORTED_RAY", "shape_problem", "unsupported_ray", "head_validation_node",
            "ignored_valkey_config", "external_storage_base", "with_core_worker_wait",
-           "objects_from_store", "metrics_agent_missing", "ray_version", "package_version"]
+           "objects_from_store", "lost_object_metadata", "tell_drivers", "metrics_agent_missing",
+           "ray_version", "package_version"]

@@ -9,6 +9,7 @@ which allocates the plasma buffer and reads the object straight into it.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -90,12 +91,37 @@ class ValkeyStorage(ray_compat.external_storage_base()):
 
     def restore_spilled_objects(self, object_refs, url_with_offset_list) -> int:
         """Ray contract: restore each object into a new plasma buffer; returns bytes restored.
-        A failure raises (Ray logs it and retries after 10 s, 20 s, ...)."""
+
+        An object that is gone for good (its manifest missing: a server restarted without
+        persistence, FLUSHDB, eviction, deletion; or corrupt) becomes an ``ObjectLostError``
+        for every ``ray.get``: Ray itself would retry the restore forever (see
+        :meth:`_declare_lost`). Any other failure raises, and Ray retries after 10 s, 20 s, ..."""
         def deliver(i: int, reader: ObjectReader) -> None:
             self._put_object_to_store(reader.metadata, reader.size, reader, object_refs[i],
                                       reader.owner_address)
 
-        return self.engine.restore(url_with_offset_list, deliver)
+        def lost(i: int, exc: Exception) -> None:
+            self._declare_lost(object_refs[i], exc)
+
+        return self.engine.restore(url_with_offset_list, deliver, on_lost=lost)
+
+    def _declare_lost(self, object_ref, exc: Exception) -> None:
+        """Seal an error object under ``object_ref`` in the local plasma store, as Ray's raylet
+        does for a pull that timed out: every ``ray.get`` of it (and every task taking it)
+        then raises ``ObjectLostError`` at once. Without it the IO worker's failed restore
+        only returns 0 bytes (``_raylet.pyx`` swallows the exception), the pull manager
+        retries at 10 s x 2^n for ever (``pull_manager.cc``), and no owner ever learns of
+        it: Ray recovers only objects that are neither pinned nor spilled
+        (``object_recovery_manager.cc``), so no lineage re-execution either. The marker is
+        an unpinned copy: evicted, the next get restores, fails and marks it again."""
+        message = (f"spilled object {object_ref.hex()} is lost: {exc}. Its ray.get raises "
+                   "ObjectLostError; re-run the work that produced it (Ray does not "
+                   "re-execute lineage of spilled objects). Check the server's restarts, "
+                   "FLUSHDB/FLUSHALL and evictions: `ray-valkey-spill doctor`.")
+        logger.error("%s", message)
+        self._put_object_to_store(ray_compat.lost_object_metadata(), 0, io.BytesIO(b""),
+                                  object_ref, b"")
+        ray_compat.tell_drivers("spilled_object_lost", message)
 
     def delete_spilled_objects(self, urls) -> None:
         """Ray contract: the objects behind ``urls`` are no longer needed (Ray asks once)."""

@@ -18,7 +18,8 @@ DEPLOYED_SPILL_USER, DEPLOYED_SPILL_PREFIX = "raysp-embed", "ray:embed:"
 DEPLOYED_MAXMEMORY = {"maxmemory": "3gb"}  # shipped: 12gb; capped on a shared test machine
 PERSISTENCE = {  # label -> overrides of the deployed valkey.conf
     "valkey deployed: AOF everysec (shipped)": {},
-    "valkey deployed: AOF appendfsync no": {"appendfsync": "no"},
+    # The fork and the whole data set written while the spill runs (the worst case of RDB).
+    "valkey deployed: RDB, a snapshot every 20 s": {"appendonly": "no", "save": '"20 1"'},
     "valkey deployed: RDB only": {"appendonly": "no", "save": '"3600 1 300 100 60 10000"'},
     "valkey deployed: no persistence": {"appendonly": "no"},
 }

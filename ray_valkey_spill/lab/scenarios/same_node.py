@@ -49,8 +49,8 @@ def same_node_table(summary: dict, runs: dict, base: str) -> str:
         m = summary["medians"][label]
         row: list[Any] = [label]
         for key, _ in SAME_NODE_COLUMNS:
-            fmt = "{:.0f}" if key.endswith("_ms") else "{:.2f}"
-            cell = fmt(m.get(key), fmt)
+            pattern = "{:.0f}" if key.endswith("_ms") else "{:.2f}"
+            cell = fmt(m.get(key), pattern)
             r = summary["ratios"].get(label, {}).get(key)
             if is_number(r) and not key.endswith("_ms"):
                 cell += f" ({r:.2f}x)"
