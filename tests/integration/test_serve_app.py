@@ -93,6 +93,8 @@ def test_serve_binding_matches_the_rayservice(app_module):
     assert isinstance(app_py.app, serve.Application)
     service = next(d for d in yaml.safe_load_all((CONFIGS / "ray" / "rayservice.yaml").read_text())
                    if d and d["kind"] == "RayService")
-    (application,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    # The embedding app; the llm app beside it is checked in tests/extras/lmcache.
+    (application,) = [a for a in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+                      if a["import_path"].startswith("embed_service.")]
     assert application["import_path"] == "embed_service.app:app"
     assert [d["name"] for d in application["deployments"]] == [app_py.Embedder.name]
