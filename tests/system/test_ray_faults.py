@@ -260,14 +260,15 @@ def test_ray_restart_with_and_without_persistence(ray_on_private_server):
     _check_all(ray, refs, digests)
     del refs, filler
 
-    # 2. Without persistence (data dir wiped before the restart): the restore fails loudly,
-    # naming the missing key, and ray.get never returns wrong data.
+    # 2. Without persistence (data dir wiped before the restart): the first restore finds the
+    # manifest gone and ray.get raises ObjectLostError at once (not Ray's endless retry); it
+    # never returns wrong data, and the loss is logged at error level naming the key.
     lost_refs, lost_digests = _put_all(ray, _arrays(16, seed=6))
     time.sleep(1.0)
     manifests = {k.decode() for k in scan_keys(client, prefix + "*") if k.endswith(b":m")}
-    by_object = {m.split(":")[-2].split(".")[0]: m for m in manifests}
+    by_object = {m.rsplit(":", 2)[-2].split(".")[0]: m for m in manifests}
     spilled_lost = [(r, d) for r, d in zip(lost_refs, lost_digests) if r.hex() in by_object]
-    assert spilled_lost, "none of the new objects was spilled"
+    assert spilled_lost, "nothing was spilled in the second phase"
     client.close()
     server.kill()
     for entry in os.listdir(server.data_dir):
@@ -277,22 +278,17 @@ def test_ray_restart_with_and_without_persistence(ray_on_private_server):
     server.start()
     filler = _evict_from_memory(ray)
     ref, digest = spilled_lost[0]
+    started = time.monotonic()
     try:
-        value = ray.get(ref, timeout=8)
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.ObjectLostError):
+        value = ray.get(ref, timeout=30)
+    except ray.exceptions.ObjectLostError:
         value = None
     if value is not None:  # still in memory after all: then it must be the right bytes
         assert _digest(value) == digest
         pytest.fail("the object was still in plasma; the test did not force a restore")
+    assert time.monotonic() - started < 15, "the loss was not reported at the first restore"
     key = by_object[ref.hex()]
     hits = _wait_for_log(_logs_dir(ray), key, 15)
     assert hits, f"no log line names the missing key {key}"
-    assert any("ObjectMissingError" in h for h in hits), hits
-    # Logged at error level: Ray's IO worker logs "ERROR ... while the IO worker was restoring
-    # spilled objects" with the backend's ObjectMissingError traceback in the same file. (The
-    # backend's own logger.error line carries no level or time: the package logger has no
-    # handler in IO workers, so Python's last-resort handler prints the bare message.)
-    files = {h.split(":", 1)[0] for h in hits}
-    assert any(h.split(":", 1)[0] in files and "restoring" in h
-               for h in _grep_logs(_logs_dir(ray), "ERROR")), hits
+    assert any(f"spilled object {ref.hex()} is lost" in h and "ERROR" in h for h in hits), hits
     del filler
