@@ -49,7 +49,18 @@ def gpu_group() -> dict:
 
 
 @pytest.fixture(scope="module")
-def built_llm_app():
+def local_ray():
+    """A Ray of its own: building the app initializes Ray (LLMServer.get_deployment_options),
+    and a bare ``ray.init()`` would join any cluster already running on the machine."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def built_llm_app(local_ray):
     """The llm application as Serve's controller builds it from serveConfigV2."""
     from ray._common.utils import import_attr
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
@@ -187,4 +198,4 @@ def test_the_engines_lmcache_config_stores_chunks_as_vllmkv(lmcache_config, loop
         stored = sorted(k.decode() for k in admin.scan_iter())
         assert len(stored) == 2 and all(k.startswith("vllm:kv:") for k in stored), stored
         assert all(0 < admin.ttl(k) <= ttl for k in stored)
-        wrapped.close()
+        run(loop, wrapped.close())
