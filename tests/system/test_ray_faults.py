@@ -42,13 +42,22 @@ def _put_all(ray, arrays):
     return refs, digests
 
 
-def _put_through_an_outage(ray, begin, end, outage_s: float, seed: int):
+def _put_through_an_outage(ray, begin, end, outage_s: float, seed: int, until=None):
     """Put 48 MiB (below the spill threshold), then ``begin()`` an outage that ``end()`` lifts
-    after ``outage_s`` while 80 MiB more are put, so Ray must spill during it.
+    after ``outage_s`` (and, given ``until``, not before ``until()`` holds or 30 s more have
+    passed: on a loaded machine the puts may not reach a spill within ``outage_s``) while
+    80 MiB more are put, so Ray must spill during it.
     Returns (refs, digests, seconds the second puts took)."""
+    def lift() -> None:
+        time.sleep(outage_s)
+        deadline = time.monotonic() + 30
+        while until is not None and not until() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        end()
+
     refs, digests = _put_all(ray, _arrays(6, seed=seed))
     begin()
-    ender = threading.Timer(outage_s, end)
+    ender = threading.Thread(target=lift, daemon=True)
     ender.start()
     try:
         started = time.monotonic()
@@ -91,11 +100,15 @@ def _grep_logs(logs_dir: str, needle: str) -> list[str]:
     return hits
 
 
+def _grep_spill_failures(logs_dir: str) -> list[str]:
+    return [h for h in _grep_logs(logs_dir, "ERROR")
+            if "failed at object" in h or "while the IO worker was spilling" in h]
+
+
 def _spill_failures_logged(logs_dir: str) -> list[str]:
     deadline = time.monotonic() + 10
     while True:
-        hits = [h for h in _grep_logs(logs_dir, "ERROR")
-                if "failed at object" in h or "while the IO worker was spilling" in h]
+        hits = _grep_spill_failures(logs_dir)
         if hits or time.monotonic() > deadline:
             return hits
         time.sleep(0.5)
@@ -222,10 +235,11 @@ def test_ray_paused_server_spill_resumes(ray_on_private_server):
     ray, server, prefix = ray_on_private_server
     client = server.client()
     pause_s = 4.0
-    refs, digests, put_s = _put_through_an_outage(ray, server.pause, server.resume, pause_s,
-                                                  seed=3)
     logs = _logs_dir(ray)
-    assert put_s < pause_s + 30, f"puts took {put_s:.1f}s after a {pause_s}s pause"
+    refs, digests, put_s = _put_through_an_outage(
+        ray, server.pause, server.resume, pause_s, seed=3,
+        until=lambda: _grep_spill_failures(logs))
+    assert put_s < pause_s + 60, f"puts took {put_s:.1f}s after a {pause_s}s+ pause"
     _wait_for_keys(client, prefix)
     started = time.monotonic()
     _check_all(ray, refs, digests)
