@@ -166,6 +166,16 @@ def test_a_missing_gcs_password_names_the_secret(capsys, shipped, monkeypatch):
     assert code == EXIT_FINDINGS
 
 
+def test_an_empty_or_absent_gcs_password_is_an_error(capsys, shipped, monkeypatch):
+    server, _ = shipped
+    monkeypatch.setenv("RVS_T_GCS_PW", "")
+    _, rows, _ = _doctor(capsys, server)
+    assert "is empty" in _one(rows, "gcs-user")["detail"]
+    _, rows, _ = _doctor(capsys, server, "--gcs-username", GCS_USER, gcs=False)
+    user = _one(rows, "gcs-user")
+    assert user["status"] == "ERROR" and "--gcs-password-env" in user["action"]
+
+
 def test_no_gcs_tables_and_no_gcs_user_is_one_info_row(capsys):
     with EmbeddedValkey() as server:
         code = doctor.main(["--url", server.url, "--json", "--pings", "1"])

@@ -218,6 +218,11 @@ class GcsChecks:
                      ".redisPassword's Secret (valkey-gcs, key password); a missing Secret or key "
                      "keeps the head pod in CreateContainerConfigError")
             return
+        if password is None:
+            self.add("gcs-user", ERROR, f"no password for GCS user {user}",
+                     "pass --gcs-password-env NAME (REDIS_PASSWORD in the head pod) or "
+                     "--gcs-password-file")
+            return
         if not password:
             self.add("gcs-user", ERROR, f"the password of GCS user {user} is empty: Ray then "
                      "sends no AUTH and every GCS command fails NOAUTH", "check the Secret's key")
