@@ -130,7 +130,7 @@ def test_a_gcs_user_missing_a_command_or_reaching_other_tenants_is_named(capsys,
     root.execute_command("ACL", "SETUSER", GCS_USER, "+hscan", "~emb:*")
     _, rows, _ = _doctor(capsys, server, admin=admin)
     acl = _one(rows, "gcs-acl")
-    assert acl["status"] == "WARN" and "emb:* (HGET)" in acl["detail"], acl
+    assert acl["status"] == "WARN" and "emb:* (HGET/HSCAN/DEL)" in acl["detail"], acl
     assert "vllm:kv:" not in acl["detail"]
 
 

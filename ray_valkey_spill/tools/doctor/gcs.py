@@ -71,12 +71,14 @@ class GcsChecks:
         if why is None and self.gcs is None:
             return True
         if why is None:
+            one_shard = self.config.address.cluster or self.server_mode == "cluster"
+            # Ray takes a one-shard cluster by its node's host:port (no cluster client).
+            url = self.gcs.url.replace("+cluster://", "://", 1) if one_shard else self.gcs.url
             try:
-                address = gcs_storage_address(self.gcs.url)
+                address = gcs_storage_address(url)
             except ConfigError as exc:
                 self.add("gcs-layout", ERROR, str(exc), "fix --url for the GCS user")
                 return False
-            one_shard = self.config.address.cluster or self.server_mode == "cluster"
             where = "a one-shard cluster" if one_shard else "a standalone server"
             self.add("gcs-layout", OK, f"{where}: Ray's GCS can keep its tables here "
                      f"(redisAddress {address})")
@@ -269,7 +271,11 @@ class GcsChecks:
             self.add("gcs-acl", ERROR, f"GCS user {user} ({method}) may not run "
                      f"{', '.join(names)}: the GCS exits at start or on its first write", fix)
         elif reached:
-            where = sorted({f"{c[1].split('__rvs')[0]}* ({c[0]})" for c in reached})
+            by_target: dict[str, list[str]] = {}
+            for c in reached:
+                target = c[1] if c[1] == GCS_PROBE_KEY else c[1].split("__rvs")[0] + "*"
+                by_target.setdefault(target, []).append(c[0])
+            where = [f"{t} ({'/'.join(cmds)})" for t, cmds in sorted(by_target.items())]
             self.add("gcs-acl", WARN, f"GCS user {user} ({method}) has what the GCS needs, but "
                      f"also reaches other tenants' keys: {', '.join(where)}",
                      "limit it to RAY*@* and write-only DUMMY: " + fix)
