@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # .ci/deploy.sh: system tools the deployment tests use, for the main test run.
 #   promtool  tests/unit/test_prometheus_rules.py (Debian/Ubuntu package "prometheus")
-#   kubectl   tests/unit/test_kustomize.py, test_sizing.py (`kubectl kustomize`; not installed
+#   kubectl   tests/unit/test_kustomize.py, test_sizing.py, test_secret_refs.py (`kubectl kustomize`; not installed
 #             here: Debian's kubernetes-client is too old for the kustomizations, so without a
 #             kubectl those tests skip with a reason)
 # The tests themselves run in the main venv with the rest of the suite (.ci/run calls this
@@ -34,7 +34,8 @@ if [ "${1:-}" = "--run-tests" ]; then
     python=${2:?usage: .ci/deploy.sh --run-tests PYTHON}
     "$python" -m pytest -q tests/unit/test_cluster_configs.py tests/unit/test_kustomize.py \
         tests/unit/test_network_policies.py tests/unit/test_prometheus_rules.py \
-        tests/unit/test_sizing.py tests/unit/test_ray_image.py tests/unit/test_security_docs.py \
+        tests/unit/test_sizing.py tests/unit/test_secret_refs.py tests/unit/test_ray_image.py \
+        tests/unit/test_security_docs.py tests/integration/test_doctor_gcs.py \
         tests/integration/test_acl.py tests/integration/test_acl_shipped.py \
         tests/integration/test_serve_app.py tests/system/test_serve_app_http.py
 fi

@@ -52,6 +52,8 @@ _DELEGATED = {
                       "redis:// connectors (needs the bench-lmcache extra)"),
     "scenarios": ("lab.scenarios", "cross-node, lost-node, deployed-config and same-node runs "
                   "beside filesystem spilling"),
+    "gcs-footprint": ("lab.gcs_footprint", "bytes Ray's GCS (fault tolerance) keeps in Valkey "
+                      "after jobs, actors and a working_dir"),
     "stats": ("tools.stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
     "gc": ("tools.gc", "find and remove spilled keys whose Ray session or node is gone"),
     "doctor": ("tools.doctor", "check a server before a cluster relies on it"),

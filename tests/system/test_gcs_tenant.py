@@ -7,12 +7,14 @@ expanded into --redis-password); the same Ray spills to the same server as its o
 raysp-embed. Then: no NOPERM in the ACL LOG; a detached actor keeps its state across a kill
 and a restart of gcs_server; KubeRay's cleanup (Ray's cleanup_redis_storage, as the GCS user)
 removes that namespace only; the GCS user cannot read the other tenants' keys; the password
-is on no command line but those of Ray's head processes and in no file of the session.
+is on no command line but those of Ray's head processes and in no file of the session; and
+`ray-valkey-spill doctor` reports this GCS's real tables and finds its user right.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import secrets
 import signal
@@ -184,7 +186,26 @@ def _restart_like(pid: int, tmp: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def test_gcs_as_its_acl_user_survives_a_gcs_restart_next_to_spilling(gcs_head):
+def _doctor_rows(head, monkeypatch, capsys) -> dict[str, list[dict]]:
+    """`ray-valkey-spill doctor` as the spill user, with the admin and the GCS user."""
+    from ray_valkey_spill.tools import doctor
+
+    for user, env in ((SPILL_USER, "RVS_T_SPILL_PW"), (GCS_USER, "RVS_T_GCS_PW"),
+                      ("admin", "RVS_T_ADMIN_PW")):
+        monkeypatch.setenv(env, head["passwords"][user])
+    capsys.readouterr()
+    doctor.main(["--url", head["server"].url, "--json", "--pings", "1", "--prefix", SPILL_PREFIX,
+                 "--username", SPILL_USER, "--password-env", "RVS_T_SPILL_PW",
+                 "--admin-username", "admin", "--admin-password-env", "RVS_T_ADMIN_PW",
+                 "--gcs-username", GCS_USER, "--gcs-password-env", "RVS_T_GCS_PW"])
+    rows: dict[str, list[dict]] = {}
+    for row in json.loads(capsys.readouterr().out)["checks"]:
+        rows.setdefault(row["check"], []).append(row)
+    return rows
+
+
+def test_gcs_as_its_acl_user_survives_a_gcs_restart_next_to_spilling(gcs_head, monkeypatch,
+                                                                     capsys):
     admin, namespace, tmp = gcs_head["admin"], gcs_head["namespace"], gcs_head["tmp"]
     prefix = gcs_prefix(namespace)
     first = _driver(gcs_head, "create")
@@ -220,6 +241,13 @@ def test_gcs_as_its_acl_user_survives_a_gcs_restart_next_to_spilling(gcs_head):
     # Nor in the GCS's own tables (which any GCS tenant can read).
     for table in (t for t in tables if admin.type(t) == b"hash"):
         assert not any(password in k or password in v for k, v in admin.hgetall(table).items())
+    # doctor sees this GCS's real tables and judges its user as the GCS needs it (after the ACL
+    # LOG checks above: its live probes as the spill user are refused, and logged, by design).
+    rows = _doctor_rows(gcs_head, monkeypatch, capsys)
+    (ours,) = [r["detail"] for r in rows["gcs-namespace"] if r["detail"].startswith(prefix)]
+    tables_now = len(scan_keys(admin, prefix + "*"))
+    assert f"{tables_now} tables" in ours, ours
+    assert rows["gcs-acl"][0]["status"] == "OK" and rows["gcs-ttl"][0]["status"] == "INFO"
 
 
 def test_cleanup_removes_only_this_clusters_gcs_keys(gcs_head):
@@ -255,3 +283,48 @@ def test_cleanup_removes_only_this_clusters_gcs_keys(gcs_head):
     assert [r for r in _refusals(admin) if r[0] == GCS_USER] == []
     admin.delete(*tenants)
     assert passwords[GCS_USER] not in done.stdout + done.stderr
+
+
+def test_a_gcs_on_a_two_shard_cluster_exits_and_doctor_says_why(tmp_path, monkeypatch, capsys):
+    """What deployment.md says: Ray's GCS cannot keep its tables on a 2-shard Valkey Cluster
+    (its own shard check does not fire on Valkey; its tables answer MOVED and gcs_server exits),
+    and doctor's gcs-layout row names the cause and the alternatives."""
+    from ray_valkey_spill.testing.embedded_cluster import EmbeddedValkeyCluster
+    from ray_valkey_spill.tools import doctor
+
+    tmp = tempfile.mkdtemp(prefix="rvsgcc", dir="/tmp")
+    with EmbeddedValkeyCluster(primaries=2) as cluster:
+        port = int(cluster.url.rsplit(":", 1)[1].split("/")[0])
+        env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled",
+               "RAY_REDIS_ADDRESS": f"127.0.0.1:{port}",
+               "RAY_external_storage_namespace": f"t{uuid.uuid4().hex[:12]}"}
+        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+        def gcs_logs() -> str:
+            return "".join(p.read_text(errors="replace")
+                           for p in Path(tmp).rglob("gcs_server.*") if p.is_file())
+
+        # `ray start` itself waits ~40 s more for a GCS that is gone: watch the GCS's log.
+        head = subprocess.Popen(
+            [ray_bin, "start", "--head", f"--port={_free_port()}", "--num-cpus=1",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            gave_up = wait_for(lambda: "Failed to run redis cmds" in gcs_logs()
+                               or "more than one shard" in gcs_logs(), timeout_s=60)
+            logs = gcs_logs()
+            assert gave_up, "Ray's GCS did not give up on a 2-shard cluster: " + logs[-2000:]
+            assert "MOVED" in logs or "more than one shard" in logs, logs[-2000:]
+            assert wait_for(lambda: not any(b"gcs_server\0" in cmd.split(b"--")[0]
+                                            for cmd in _pids_of(tmp).values()), timeout_s=20)
+        finally:
+            head.kill()
+            head.wait()
+            _kill_all(tmp)
+        monkeypatch.setenv("RVS_T_GCS_PW", "unused")
+        plain = cluster.url.replace("valkey+cluster", "valkey")
+        doctor.main(["--url", plain, "--json", "--pings", "1", "--gcs-username", "default",
+                     "--gcs-password-env", "RVS_T_GCS_PW"])
+    (layout,) = [r for r in json.loads(capsys.readouterr().out)["checks"]
+                 if r["check"] == "gcs-layout"]
+    assert layout["status"] == "ERROR" and "more than one shard" in layout["detail"]
+    assert "rocksdb" in layout["action"]

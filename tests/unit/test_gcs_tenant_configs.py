@@ -21,6 +21,7 @@ from cluster_configs_lib import (ACL_FILE, RAYSERVICE, acl_rules, crd_errors, cr
 from ray_valkey_spill.acl_rules import gcs_user_rule
 from ray_valkey_spill.config import parse_url
 from ray_valkey_spill.errors import ConfigError
+from ray_valkey_spill.gcs_storage import gcs_storage_address
 from ray_valkey_spill.prefixes import (DEFAULT_PREFIXES, GCS_KEY_PATTERN, gcs_namespace_of,
                                        gcs_prefix)
 
@@ -97,3 +98,24 @@ def test_bad_gcs_namespace_gets_one_clear_error(bad):
     message = str(info.value)
     assert "GCS external storage namespace" in message and "\n" not in message
     assert key_patterns(["~" + GCS_KEY_PATTERN]) == ["RAY*@*"]
+
+
+def test_gcs_storage_address_is_the_shipped_redis_address():
+    (spill,) = {json.loads(e["value"])["params"]["url"] for _, _, c in ray_containers()
+                for e in c["env"] if e["name"] == SPILL_ENV}
+    assert gcs_storage_address(spill) == gcs_options()["redisAddress"]
+    assert gcs_storage_address("valkeys://v.example:6380/0") == "rediss://v.example:6380"
+
+
+@pytest.mark.parametrize("url, says", [
+    ("valkey+cluster://valkey-cluster.ai-ml.svc.cluster.local:6379", "more than one shard"),
+    ("unix:///run/valkey.sock", "TCP only"),
+    ("valkey://h:6379/1", "database 0"),
+])
+def test_a_gcs_address_ray_cannot_use_gets_one_clear_line(url, says):
+    with pytest.raises(ConfigError) as info:
+        gcs_storage_address(url)
+    message = str(info.value)
+    assert says in message and "GCS storage url" in message and "\n" not in message
+    if "cluster" in url:
+        assert "standalone" in message and "rocksdb" in message

@@ -59,9 +59,18 @@ def test_promtool_accepts_the_rules(rules_file):
 
 
 def test_every_issue_has_an_alert():
-    assert {"ValkeyMemoryNearMax", "ValkeyRejectingWritesOOM", "ValkeyAOFWriteFailing",
+    assert {"ValkeyMemoryNearMax", "ValkeyNonEvictableMemoryNearMax", "ValkeyRejectingWritesOOM",
+            "ValkeyAOFWriteFailing",
             "ValkeyEvictingKeys", "ValkeyEvictionPolicyUnsafe", "RaySpillErrors",
             "RaySpillGcJobFailed"} <= alert_names()
+
+
+def _lasting(used: int, limit: int, keys: int, expiring: int) -> list[tuple[str, str]]:
+    """redis_exporter's series for memory and INFO keyspace (db0), constant for 25 minutes."""
+    return [(f"redis_memory_used_bytes{{{VALKEY}}}", f"{used}+0x25"),
+            (f"redis_memory_max_bytes{{{VALKEY}}}", f"{limit}+0x25"),
+            (f'redis_db_keys{{{VALKEY}, db="db0"}}', f"{keys}+0x25"),
+            (f'redis_db_keys_expiring{{{VALKEY}, db="db0"}}', f"{expiring}+0x25")]
 
 
 # (alert, input series, evaluation time, labels expected to fire; [] = must stay quiet)
@@ -73,6 +82,15 @@ CASES = [
     ("ValkeyMemoryNearMax",
      [(f"redis_memory_used_bytes{{{VALKEY}}}", "50+0x20"),
       (f"redis_memory_max_bytes{{{VALKEY}}}", "100+0x20")], "15m", []),
+    # Keys without a TTL (spilled objects, GCS tables): 90 of 100 bytes, all keys lasting.
+    ("ValkeyNonEvictableMemoryNearMax", _lasting(used=90, limit=100, keys=100, expiring=0),
+     "20m", [{"namespace": "ai-ml", "pod": "valkey-0", "severity": "warning"}]),
+    # Same memory, but half the keys have a TTL (caches): evictable, quiet.
+    ("ValkeyNonEvictableMemoryNearMax", _lasting(used=90, limit=100, keys=100, expiring=50),
+     "20m", []),
+    # No maxmemory: ValkeyMemoryNearMax's job is not this alert's (and the doctor warns).
+    ("ValkeyNonEvictableMemoryNearMax", _lasting(used=90, limit=0, keys=100, expiring=0),
+     "20m", []),
     ("ValkeyEvictionPolicyUnsafe",
      [(f'redis_instance_info{{{VALKEY}, maxmemory_policy="allkeys-lru"}}', "1+0x5")], "2m",
      [{"namespace": "ai-ml", "pod": "valkey-0", "maxmemory_policy": "allkeys-lru",
@@ -131,3 +149,13 @@ def test_prometheusrule_has_the_operator_shape():
         for r in group["rules"]:
             assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r["alert"]
             assert r["labels"]["severity"] in ("warning", "critical")
+
+
+def test_the_non_evictable_alert_and_doctor_share_one_threshold():
+    """The alert and doctor's gcs-headroom row warn at the same share of maxmemory."""
+    from ray_valkey_spill.tools.doctor.gcs import NON_VOLATILE_SHARE
+
+    expr = alerts()["ValkeyNonEvictableMemoryNearMax"]["expr"]
+    assert f"> {NON_VOLATILE_SHARE} * sum by (namespace, pod) (redis_memory_max_bytes" in expr
+    for metric in ("redis_db_keys_expiring", "redis_db_keys{", "redis_memory_used_bytes"):
+        assert metric in expr

@@ -4,6 +4,9 @@ For each Valkey layout, on the source files and on what `kubectl kustomize` rend
 - memory: maxmemory <= MEMORY_SHARE x the container's memory limit;
 - spill capacity: the spill memory of the primaries (maxmemory x (1 - maxmemory-clients))
   holds at least the largest node object store of every Ray cluster sharing the server;
+- GCS: each Ray cluster whose GCS keeps its tables on the server (gcsFaultToleranceOptions)
+  adds GCS_BUDGET to what the spill memory must hold: its keys never expire, so they are never
+  evicted (figures: `ray-valkey-spill gcs-footprint`, docs/deployment.md);
 - disk: the PVC holds the AOF peak (base + growth + the new base of a rewrite) plus one RDB
   file, with DISK_FREE of the volume left free.
 """
@@ -20,6 +23,9 @@ from cluster_configs_lib import (
 
 MEMORY_SHARE = 0.6
 DISK_FREE = 0.1
+# Per Ray cluster with GCS fault tolerance on the server: Ray's cap of 100 000 destroyed actors
+# kept (x ~1.3 KiB measured) plus nodes, jobs, workers; not runtime_env packages (see docs).
+GCS_BUDGET = 256 * 2**20
 RDB_FILES = 1
 DOC = REPO / "docs" / "deployment.md"
 LAYOUTS = {"standalone": STANDALONE, "cluster": CLUSTER}
@@ -54,13 +60,20 @@ def largest_object_stores(docs: list[dict]) -> list[int]:
     return out
 
 
-def check_rule(valkey: dict, stores: list[int]) -> None:
+def gcs_tenants(docs: list[dict]) -> int:
+    """Ray clusters (RayServices) whose GCS keeps its tables in an external Redis/Valkey."""
+    return sum(bool(d["spec"]["rayClusterConfig"].get("gcsFaultToleranceOptions", {})
+                    .get("redisAddress")) for d in docs if d["kind"] == "RayService")
+
+
+def check_rule(valkey: dict, stores: list[int], gcs_clusters: int = 0) -> None:
     assert stores, "no Ray cluster to size for"
     assert valkey["maxmemory"] <= MEMORY_SHARE * valkey["limit"], "no headroom above maxmemory"
     spill_memory = valkey["primaries"] * valkey["maxmemory"] * (1 - valkey["clients_share"])
-    assert spill_memory >= sum(stores), (
+    assert spill_memory >= sum(stores) + gcs_clusters * GCS_BUDGET, (
         f"spill memory {spill_memory / 2**30:.1f} GiB < the largest object stores "
-        f"{[s / 2**30 for s in stores]} GiB of the clusters sharing the server")
+        f"{[s / 2**30 for s in stores]} GiB of the clusters sharing the server + "
+        f"{gcs_clusters} x {GCS_BUDGET / 2**20:.0f} MiB of GCS tables that never expire")
     assert valkey["aof"]
     peak = valkey["maxmemory"] * (2 + valkey["growth"] + RDB_FILES)
     assert peak <= (1 - DISK_FREE) * valkey["disk"], (
@@ -69,13 +82,17 @@ def check_rule(valkey: dict, stores: list[int]) -> None:
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_shipped_source_files_satisfy_the_sizing_rule(layout):
-    check_rule(valkey_size(load_docs(LAYOUTS[layout])), largest_object_stores(load_docs(RAYSERVICE)))
+    ray = load_docs(RAYSERVICE)
+    # Ray's GCS cannot use the cluster layout (more than one shard): it counts on standalone only.
+    gcs = gcs_tenants(ray) if layout == "standalone" else 0
+    check_rule(valkey_size(load_docs(LAYOUTS[layout])), largest_object_stores(ray), gcs)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_rendered_overlays_satisfy_the_sizing_rule(layout):
-    check_rule(valkey_size(kubectl_kustomize(OVERLAYS[layout])),
-               largest_object_stores(kubectl_kustomize(RAY_KUSTOMIZATION)))
+    ray = kubectl_kustomize(RAY_KUSTOMIZATION)
+    gcs = gcs_tenants(ray) if layout == "standalone" else 0
+    check_rule(valkey_size(kubectl_kustomize(OVERLAYS[layout])), largest_object_stores(ray), gcs)
 
 
 def test_the_rule_catches_an_undersized_server():
@@ -83,6 +100,9 @@ def test_the_rule_catches_an_undersized_server():
     stores = largest_object_stores(load_docs(RAYSERVICE))
     with pytest.raises(AssertionError, match="spill memory"):
         check_rule(valkey, stores + stores)  # a second cluster of the same size
+    assert gcs_tenants(load_docs(RAYSERVICE)) == 1  # the shipped RayService keeps its GCS here
+    with pytest.raises(AssertionError, match="GCS tables that never expire"):
+        check_rule(valkey, stores, gcs_clusters=4)  # four GCS tenants eat the margin
     with pytest.raises(AssertionError, match="does not fit"):
         check_rule(dict(valkey, disk=valkey["disk"] // 2), stores)
     with pytest.raises(AssertionError, match="headroom"):
@@ -92,6 +112,8 @@ def test_the_rule_catches_an_undersized_server():
 def test_docs_state_the_same_rule():
     text = DOC.read_text(encoding="utf-8")
     section = text[text.index("## Sizing"):]
-    for number in (f"{MEMORY_SHARE:.0%}", f"{1 - DISK_FREE:.1f}", "3.5"):
+    for number in (f"{MEMORY_SHARE:.0%}", f"{1 - DISK_FREE:.1f}", "3.5",
+                   f"{GCS_BUDGET // 2**20} MiB"):
         assert number in section, f"docs/deployment.md, Sizing, does not state {number}"
     assert re.search(r"largest .*object store", section)
+    assert "ray-valkey-spill gcs-footprint" in section

@@ -14,6 +14,12 @@ user); a least-privilege user may not, so then every command is probed for real 
 random key that does not exist (GET, UNLINK: nothing is read or deleted) and against the
 probe key under the spill prefix (SET, GET, UNLINK).
 
+Ray's GCS (fault tolerance) is reported as a tenant: its tables per namespace (``RAY<ns>@*``,
+found with SCAN; keys, entries, MEMORY USAGE), that they never expire, the headroom left for
+keys that are never evicted, whether the server's layout can hold them at all (not a cluster
+of more than one shard), and, given ``--gcs-username`` with ``--gcs-password-env`` or
+``--gcs-password-file``, that user's rights: what the GCS sends, and nothing on other tenants.
+
 Exit codes: 0 no ERROR, 1 at least one ERROR, 2 bad arguments.
 """
 
@@ -44,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-user", action="append", default=[], metavar="USER",
                    help="also check this ACL user (caches, metrics) for commands that reach "
                         "outside its prefix (repeatable; needs ACL DRYRUN, e.g. as --admin-*)")
+    p.add_argument("--gcs-username", help="ACL user of Ray's GCS (gcsFaultToleranceOptions."
+                   "redisUsername) whose rights to check")
+    p.add_argument("--gcs-password-env", help="NAME of the variable holding the GCS user's "
+                   "password (REDIS_PASSWORD in the head pod)")
+    p.add_argument("--gcs-password-file", help="file holding the GCS user's password")
     p.add_argument("--chunk-size-bytes", type=int, help="the backend's chunk_size_bytes")
     p.add_argument("--pings", type=int, default=DEFAULT_PINGS, help="PINGs for the latency check")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -60,6 +71,16 @@ def admin_config_from_args(args) -> SpillConfig | None:
     return _config(admin)
 
 
+def gcs_config_from_args(args) -> SpillConfig | None:
+    """The connection as Ray's GCS user, if --gcs-* credentials were given (same server)."""
+    if not (args.gcs_username or args.gcs_password_env or args.gcs_password_file):
+        return None
+    gcs = argparse.Namespace(**vars(args))
+    gcs.username = args.gcs_username
+    gcs.password_env, gcs.password_file = args.gcs_password_env, args.gcs_password_file
+    return _config(gcs)
+
+
 def _config(args) -> SpillConfig:
     return config_from_args(args, chunk_size_bytes=args.chunk_size_bytes)
 
@@ -73,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pings < 1:
             raise RayValkeySpillError("--pings must be at least 1")
         checks = Doctor(config, pings=args.pings, admin=admin_config_from_args(args),
-                        check_users=tuple(args.check_user)).run()
+                        check_users=tuple(args.check_user), gcs=gcs_config_from_args(args)).run()
     except RayValkeySpillError as exc:
         return fail("doctor", exc)
     errors = sum(c.status == ERROR for c in checks)

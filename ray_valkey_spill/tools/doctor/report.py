@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from ...cli.tables import render_table
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
+# A fact the operator should know that needs no action (e.g. GCS tables never expire).
+INFO = "INFO"
 
 
 @dataclass

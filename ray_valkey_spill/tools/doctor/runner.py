@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...config import SpillConfig
 from ...connection import connection_kwargs
+from .gcs import GcsChecks
 from .permissions import PermissionChecks
 from .report import Check
 from .server import ServerChecks
@@ -11,19 +12,24 @@ from .server import ServerChecks
 DEFAULT_PINGS = 20
 
 
-class Doctor(ServerChecks, PermissionChecks):
+class Doctor(ServerChecks, PermissionChecks, GcsChecks):
     """Runs the checks against one server, as the spill user, and collects a ``Check`` per
     finding."""
 
     def __init__(self, config: SpillConfig, pings: int = DEFAULT_PINGS,
-                 admin: SpillConfig | None = None, check_users: tuple[str, ...] = ()):
+                 admin: SpillConfig | None = None, check_users: tuple[str, ...] = (),
+                 gcs: SpillConfig | None = None):
         """``admin``: credentials to read the server's settings with when the spill user may
         not run CONFIG GET (a least-privilege user); permissions are always checked as the
         spill user. ``check_users``: more ACL users (caches, metrics) whose permissions are
-        checked for commands that reach outside their prefix."""
+        checked for commands that reach outside their prefix. ``gcs``: the credentials of Ray's
+        GCS user (fault tolerance), whose rights are checked too."""
         self.config = config
         self.admin = admin
-        self.check_users = check_users
+        self.gcs = gcs
+        gcs_user = (gcs.user or "default",) if gcs is not None else ()
+        self.check_users = tuple(dict.fromkeys((*check_users, *gcs_user)))
+        self.server_mode: str | None = None  # "standalone" / "cluster", from HELLO
         self.pings = pings
         self.checks: list[Check] = []
         self.client = None
@@ -73,6 +79,7 @@ class Doctor(ServerChecks, PermissionChecks):
             self.check_acl()
             self.check_dangerous_permissions()
             self.check_cache_ttls()
+            self.check_gcs()
         finally:
             for client in (self.client, self._admin_client):
                 try:

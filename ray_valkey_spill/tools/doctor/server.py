@@ -100,6 +100,7 @@ class ServerChecks:
             parsed = tuple(int(x) for x in str(version).split(".")[:2])
         except ValueError:
             parsed = (0, 0)
+        self.server_mode = mode  # the GCS checks need it (a cluster URL is not the only sign)
         detail = f"{server} {version}, {mode} mode"
         if mode == "cluster" and not self.config.address.cluster:
             self.add("version", ERROR, detail + ", but the URL is not a cluster URL",
