@@ -1,6 +1,7 @@
 """Deployed scenario (c): the same-node run against valkey-server started with the exact
 valkey.conf and ACL users of cluster_configs, spilling as the RayService's own user and prefix,
-with the shipped persistence and its variants."""
+with the shipped persistence beside the other persistence settings (AOF everysec, RDB only,
+RDB snapshots back to back, none)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,104 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ...config import GiB, MiB
 from ...testing.embedded import EmbeddedValkey
-from ..deployed_server import DeployedValkey, default_configs_dir
+from ..deployed_server import DeployedValkey, default_configs_dir, deployed_settings, password_env
 from .common import FS, alternate, errors_of, fmt, markdown_table, summarize
 from .same_node import same_node, same_node_table, workload_args
 
 # The user and prefix the shipped RayService (cluster_configs/ray/rayservice.yaml) spills as.
 DEPLOYED_SPILL_USER, DEPLOYED_SPILL_PREFIX = "raysp-embed", "ray:embed:"
 DEPLOYED_MAXMEMORY = {"maxmemory": "3gb"}  # shipped: 12gb; capped on a shared test machine
-PERSISTENCE = {  # label -> overrides of the deployed valkey.conf
-    "valkey deployed: AOF everysec (shipped)": {},
-    # The fork and the whole data set written while the spill runs (the worst case of RDB).
-    "valkey deployed: RDB, a snapshot every 20 s": {"appendonly": "no", "save": '"20 1"'},
-    "valkey deployed: RDB only": {"appendonly": "no", "save": '"3600 1 300 100 60 10000"'},
-    "valkey deployed: no persistence": {"appendonly": "no"},
-}
+# valkey-server's own save rules (its valkey.conf template): the RDB row uses them when the
+# shipped conf has none.
+VALKEY_DEFAULT_SAVE = "3600 1 300 100 60 10000"
+# A snapshot whenever one key changed and 1 s passed: snapshots run back to back through the
+# whole run, the upper bound of what any save rule costs a spill (fork, copy-on-write, disk).
+BACK_TO_BACK_SAVE = "1 1"
+LABEL = "valkey deployed: "
+
+
+def conf_persistence(conf_text: str) -> dict[str, str]:
+    """``appendonly``, ``appendfsync`` and ``save`` (its rules, unquoted; "" for none) as a
+    valkey.conf text sets them, with valkey-server's defaults for what it leaves out."""
+    found = {"appendonly": "no", "appendfsync": "everysec"}
+    save: list[str] | None = None  # None: no save line, valkey-server's default rules apply
+    for line in conf_text.splitlines():
+        words = line.split(None, 1)
+        if not words or words[0].startswith("#"):
+            continue
+        value = words[1].strip().strip('"') if len(words) > 1 else ""
+        if words[0] == "save":  # save "" clears the rules, each other save line adds some
+            save = [] if not value else (save or []) + [value]
+        elif words[0] in found:
+            found[words[0]] = value
+    return {**found, "save": VALKEY_DEFAULT_SAVE if save is None else " ".join(save)}
+
+
+def _same(a: dict[str, str], b: dict[str, str]) -> bool:
+    aof = a["appendonly"] == b["appendonly"]
+    return aof and a["save"] == b["save"] and (a["appendonly"] == "no"
+                                               or a["appendfsync"] == b["appendfsync"])
+
+
+def persistence_variants(conf_text: str) -> dict[str, dict[str, str]]:
+    """Label -> overrides of the deployed valkey.conf: the shipped conf as is first, then AOF
+    everysec, RDB only (the shipped save rules, else valkey-server's), RDB snapshots back to
+    back and no persistence, each unless it is what the shipped conf already does (its label
+    then says so)."""
+    shipped = conf_persistence(conf_text)
+    rules = shipped["save"] or VALKEY_DEFAULT_SAVE
+    candidates = {
+        "AOF everysec": {"appendonly": "yes", "appendfsync": "everysec", "save": ""},
+        f"RDB only (save {rules})": {"appendonly": "no", "save": rules},
+        f"RDB, snapshots back to back (save {BACK_TO_BACK_SAVE})":
+            {"appendonly": "no", "save": BACK_TO_BACK_SAVE},
+        "no persistence": {"appendonly": "no", "save": ""},
+    }
+    same = [name for name, p in candidates.items() if _same(shipped, {**shipped, **p})]
+    described = " = ".join(same) or (f"appendonly {shipped['appendonly']}, "
+                                     f"save \"{shipped['save']}\"")
+    variants = {f"{LABEL}shipped valkey.conf = {described}": {}}
+    for name, p in candidates.items():
+        if name not in same:
+            variants[LABEL + name] = {k: f'"{v}"' if k == "save" else v for k, v in p.items()}
+    return variants
+
+
+def server_figures(srv: DeployedValkey) -> dict:
+    """What persistence did during a run: AOF size, snapshots and forks (INFO), and every byte
+    the server and its fork children wrote (``/proc/<pid>/io`` counts reaped children too)."""
+    import valkey
+
+    admin = valkey.Valkey(port=srv.port, username="admin",
+                          password=os.environ[password_env("admin")])
+    try:
+        info = {**admin.info("persistence"), **admin.info("stats")}
+    finally:
+        admin.close()
+    figures = {"aof_current_size": info.get("aof_current_size", 0),
+               "rdb_saves": info.get("rdb_saves", 0), "aof_rewrites": info.get("aof_rewrites", 0),
+               "total_forks": info.get("total_forks", 0),
+               "latest_fork_ms": info.get("latest_fork_usec", 0) / 1000,
+               "cow_peak_mib": max(info.get("rdb_last_cow_size", 0),
+                                   info.get("aof_last_cow_size", 0)) / MiB}
+    try:
+        io = dict(line.split(": ") for line in
+                  Path(f"/proc/{srv.process.pid}/io").read_text().splitlines())
+        figures["server_written_gib"] = int(io["wchar"]) / GiB
+    except (OSError, KeyError, ValueError, AttributeError):
+        pass  # not Linux, or not readable: the INFO figures remain
+    return figures
 
 
 def scenario_deployed(args, server: EmbeddedValkey, env: dict) -> tuple[dict, str, list[str]]:
     """The same-node run against the deployed valkey.conf and its persistence variants."""
     configs = Path(args.cluster_configs or default_configs_dir())
     wargs = workload_args(args)
+    persistence = persistence_variants(deployed_settings(configs)[0])
     variants: list[tuple[str, Callable[[], dict]]] = []
-    for label, overrides in PERSISTENCE.items():
+    for label, overrides in persistence.items():
         def run(overrides=overrides) -> dict:
             with DeployedValkey(configs, {**DEPLOYED_MAXMEMORY, **overrides}) as srv:
                 # As the shipped RayService spills: its own user, under its own prefix.
@@ -38,24 +114,26 @@ def scenario_deployed(args, server: EmbeddedValkey, env: dict) -> tuple[dict, st
                                      spill_options={**srv.options(DEPLOYED_SPILL_USER),
                                                     "prefix": DEPLOYED_SPILL_PREFIX},
                                      probe_options=srv.options("admin"))
-                import valkey
-
-                from ..deployed_server import password_env
-
-                admin = valkey.Valkey(port=srv.port, username="admin",
-                                      password=os.environ[password_env("admin")])
-                info = admin.info("persistence")
-                admin.close()
-                figures.update(aof_current_size=info.get("aof_current_size", 0),
-                               rdb_saves=info.get("rdb_saves", 0))
+                figures.update(server_figures(srv))
                 return figures
         variants.append((label, run))
     variants.append((FS, lambda: same_node("filesystem", wargs)))
     runs = alternate(variants, args.repeat)
-    summary = summarize(runs, {label: FS for label in PERSISTENCE})
+    summary = summarize(runs, {label: FS for label in persistence})
+    summary["persistence_overrides"] = persistence
     table = same_node_table(summary, runs, FS)
-    aof = markdown_table(["server", "AOF bytes at the end of a run (median)", "RDB saves"],
-                         [[label, fmt(summary["medians"][label].get("aof_current_size"), "{:,.0f}"),
-                           fmt(summary["medians"][label].get("rdb_saves"), "{:.0f}")]
-                          for label in PERSISTENCE])
-    return summary, table + "\n\n" + aof, errors_of(runs)
+    columns = {"aof_current_size": ("AOF MiB at the end", "{:,.0f}", 1 / MiB),
+               "server_written_gib": ("GiB the server wrote", "{:.2f}", 1),
+               "rdb_saves": ("RDB snapshots", "{:.0f}", 1),
+               "total_forks": ("forks", "{:.0f}", 1),
+               "latest_fork_ms": ("last fork ms", "{:.1f}", 1),
+               "cow_peak_mib": ("last copy-on-write MiB", "{:.0f}", 1)}
+
+    def cell(label: str, key: str) -> str:
+        _, pattern, scale = columns[key]
+        v = summary["medians"][label].get(key)
+        return fmt(v * scale if v is not None else None, pattern)
+
+    io = markdown_table(["server (medians)"] + [c[0] for c in columns.values()],
+                        [[label] + [cell(label, key) for key in columns] for label in persistence])
+    return summary, table + "\n\n" + io, errors_of(runs)
