@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster_configs_lib import CLUSTER, CONFIGS, STANDALONE, valkey_parts
+from cluster_configs_lib import CLUSTER, CONFIGS, STANDALONE, load_docs, one, valkey_parts
 from ray_valkey_spill.config import SpillConfig
 from ray_valkey_spill.lab.deployed_server import deployed_settings
 from ray_valkey_spill.lab.scenarios.deployed import conf_persistence, persistence_variants
@@ -20,6 +20,7 @@ from ray_valkey_spill.tools.doctor.runner import Doctor
 from ray_valkey_spill.tools.doctor.server import SHIPPED_SAVE_RULES
 
 LAYOUTS = [STANDALONE, CLUSTER]
+PROMETHEUS_RULES = "base/prometheusrule.yaml"
 
 
 def persistence_check(**settings) -> tuple[str, str, str]:
@@ -37,6 +38,15 @@ def test_shipped_conf_snapshots_without_aof(name):
     *_, conf = valkey_parts(name)
     assert conf["appendonly"] == ["no"], "AOF writes every spilled byte a second time"
     assert conf["save"] == SHIPPED_SAVE_RULES.split(), "sessions and caches need snapshots"
+    # A failed snapshot must not stop spilling; the alert below makes it loud instead.
+    assert conf["stop-writes-on-bgsave-error"] == ["no"]
+
+
+def test_a_failing_snapshot_alerts():
+    (rule,) = [r for g in one(load_docs(PROMETHEUS_RULES), "PrometheusRule")["spec"]["groups"]
+               for r in g["rules"] if r.get("alert") == "ValkeyPersistenceFailing"]
+    assert "redis_rdb_last_bgsave_status" in rule["expr"]
+    assert rule["labels"]["severity"] == "critical"
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
