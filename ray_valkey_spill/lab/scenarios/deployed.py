@@ -6,6 +6,7 @@ RDB snapshots back to back, none)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,10 @@ VALKEY_DEFAULT_SAVE = "3600 1 300 100 60 10000"
 # whole run, the upper bound of what any save rule costs a spill (fork, copy-on-write, disk).
 BACK_TO_BACK_SAVE = "1 1"
 LABEL = "valkey deployed: "
+# Written after the spill run, then the server restarted cleanly and crashed: what each
+# setting keeps, and how long a clean restart takes (its final snapshot, loading).
+RESTART_PROBE_BYTES, RESTART_PROBE_VALUE = 512 * MiB, 4 * MiB
+RESTART_PROBE_PREFIX = "restart-probe:"
 
 
 def conf_persistence(conf_text: str) -> dict[str, str]:
@@ -100,6 +105,40 @@ def server_figures(srv: DeployedValkey) -> dict:
     return figures
 
 
+def restart_figures(srv: DeployedValkey) -> dict:
+    """Write ``RESTART_PROBE_BYTES`` as admin, restart the server cleanly (SIGTERM, timed from
+    the signal until it serves again) and count the probe keys kept; write them again and
+    crash it (SIGKILL 1.5 s later: AOF everysec has fsynced them) and count again."""
+    import valkey
+
+    n = RESTART_PROBE_BYTES // RESTART_PROBE_VALUE
+    value = os.urandom(RESTART_PROBE_VALUE)
+
+    def admin() -> valkey.Valkey:
+        return valkey.Valkey(port=srv.port, username="admin",
+                             password=os.environ[password_env("admin")])
+
+    def write(tag: str) -> None:
+        with admin() as client:
+            for i in range(n):
+                client.set(f"{RESTART_PROBE_PREFIX}{tag}:{i}", value)
+
+    def kept(tag: str) -> float:
+        with admin() as client:
+            return sum(client.exists(f"{RESTART_PROBE_PREFIX}{tag}:{i}") for i in range(n)) / n
+
+    write("clean")
+    t0 = time.perf_counter()
+    srv.restart()
+    figures = {"clean_restart_s": time.perf_counter() - t0,
+               "kept_after_clean_restart": kept("clean")}
+    write("crash")
+    time.sleep(1.5)
+    srv.restart(crash=True)
+    figures["kept_after_crash"] = kept("crash")
+    return figures
+
+
 def scenario_deployed(args, server: EmbeddedValkey, env: dict) -> tuple[dict, str, list[str]]:
     """The same-node run against the deployed valkey.conf and its persistence variants."""
     configs = Path(args.cluster_configs or default_configs_dir())
@@ -115,6 +154,7 @@ def scenario_deployed(args, server: EmbeddedValkey, env: dict) -> tuple[dict, st
                                                     "prefix": DEPLOYED_SPILL_PREFIX},
                                      probe_options=srv.options("admin"))
                 figures.update(server_figures(srv))
+                figures.update(restart_figures(srv))
                 return figures
         variants.append((label, run))
     variants.append((FS, lambda: same_node("filesystem", wargs)))
@@ -127,7 +167,11 @@ def scenario_deployed(args, server: EmbeddedValkey, env: dict) -> tuple[dict, st
                "rdb_saves": ("RDB snapshots", "{:.0f}", 1),
                "total_forks": ("forks", "{:.0f}", 1),
                "latest_fork_ms": ("last fork ms", "{:.1f}", 1),
-               "cow_peak_mib": ("last copy-on-write MiB", "{:.0f}", 1)}
+               "cow_peak_mib": ("last copy-on-write MiB", "{:.0f}", 1),
+               "clean_restart_s": (f"clean restart s ({RESTART_PROBE_BYTES // MiB} MiB)",
+                                   "{:.1f}", 1),
+               "kept_after_clean_restart": ("kept after it", "{:.0%}", 1),
+               "kept_after_crash": ("kept after a crash", "{:.0%}", 1)}
 
     def cell(label: str, key: str) -> str:
         _, pattern, scale = columns[key]
