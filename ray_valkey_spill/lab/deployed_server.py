@@ -111,16 +111,16 @@ class DeployedValkey:
         conf_text, init_env = deployed_settings(self.configs_dir)
         self.conf = self._config(conf_text, self._render_acl(init_env))
         self.log = self.work / "server.log"
-        self._start()
+        self._start(15)
         return self
 
-    def _start(self) -> None:
+    def _start(self, timeout_s: float) -> None:
         self.process = subprocess.Popen([valkey_server_binary(), str(self.conf), "--logfile",
                                          str(self.log)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         import valkey
 
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
                 raise BackendUnavailableError(f"valkey-server refused the deployed config: "
@@ -137,9 +137,10 @@ class DeployedValkey:
                                        password=os.environ[password_env("admin")]) as admin:
                         admin.ping()
                     return
-                except valkey.exceptions.ConnectionError:  # BusyLoadingError
+                # BusyLoadingError, or no answer yet: a server loading GBs answers slowly.
+                except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError):
                     pass
-            except valkey.exceptions.ConnectionError:
+            except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError):
                 pass
             else:
                 self.__exit__()
@@ -147,7 +148,7 @@ class DeployedValkey:
             if time.monotonic() > deadline:
                 self.__exit__()
                 raise BackendUnavailableError("valkey-server with the deployed config did not "
-                                              "come up within 15 s")
+                                              f"come up within {timeout_s:.0f} s")
             time.sleep(0.05)
 
     def restart(self, crash: bool = False) -> None:
@@ -158,8 +159,8 @@ class DeployedValkey:
             self.process.kill()
         else:
             self.process.terminate()
-        self.process.wait(timeout=60)
-        self._start()
+        self.process.wait(timeout=120)
+        self._start(120)  # loading the data set takes a while
 
     def options(self, user: str) -> dict[str, str]:
         """Connection options (``username``, ``password_env``) for ``user``."""

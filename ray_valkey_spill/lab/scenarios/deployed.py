@@ -28,7 +28,7 @@ BACK_TO_BACK_SAVE = "1 1"
 LABEL = "valkey deployed: "
 # Written after the spill run, then the server restarted cleanly and crashed: what each
 # setting keeps, and how long a clean restart takes (its final snapshot, loading).
-RESTART_PROBE_BYTES, RESTART_PROBE_VALUE = 512 * MiB, 4 * MiB
+RESTART_PROBE_BYTES, RESTART_PROBE_VALUE = 256 * MiB, 4 * MiB
 RESTART_PROBE_PREFIX = "restart-probe:"
 
 
