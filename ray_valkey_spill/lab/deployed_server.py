@@ -109,31 +109,58 @@ class DeployedValkey:
 
     def __enter__(self) -> "DeployedValkey":
         conf_text, init_env = deployed_settings(self.configs_dir)
-        conf = self._config(conf_text, self._render_acl(init_env))
+        self.conf = self._config(conf_text, self._render_acl(init_env))
         self.log = self.work / "server.log"
-        self.process = subprocess.Popen([valkey_server_binary(), str(conf), "--logfile",
+        self._start(15)
+        return self
+
+    def _start(self, timeout_s: float) -> None:
+        self.process = subprocess.Popen([valkey_server_binary(), str(self.conf), "--logfile",
                                          str(self.log)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         import valkey
 
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
                 raise BackendUnavailableError(f"valkey-server refused the deployed config: "
                                               f"{self.log.read_text()[-1000:]}")
             try:
-                valkey.Valkey(port=self.port, socket_timeout=1).ping()
+                with valkey.Valkey(port=self.port, socket_timeout=1) as anonymous:
+                    anonymous.ping()
             except valkey.exceptions.AuthenticationError:
-                return self  # up, and the default user is off as deployed
-            except valkey.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    self.__exit__()
-                    raise BackendUnavailableError("valkey-server with the deployed config did "
-                                                  "not come up within 15 s") from None
-                time.sleep(0.05)
+                # Up, and the default user is off as deployed. An unauthenticated PING is
+                # refused before the server would answer LOADING: the admin's PING waits for
+                # the data to load.
+                try:
+                    with valkey.Valkey(port=self.port, socket_timeout=1, username="admin",
+                                       password=os.environ[password_env("admin")]) as admin:
+                        admin.ping()
+                    return
+                # BusyLoadingError, or no answer yet: a server loading GBs answers slowly.
+                except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError):
+                    pass
+            except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError):
+                pass
             else:
                 self.__exit__()
                 raise BackendUnavailableError("the default user answered: the ACL did not load")
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise BackendUnavailableError("valkey-server with the deployed config did not "
+                                              f"come up within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def restart(self, crash: bool = False) -> None:
+        """Stop the server, as a pod's SIGTERM does (a clean shutdown: with save rules, a final
+        snapshot) or with ``crash`` by SIGKILL (nothing more written), and start it again on
+        the same data directory, port and config."""
+        if crash:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        self.process.wait(timeout=120)
+        self._start(120)  # loading the data set takes a while
 
     def options(self, user: str) -> dict[str, str]:
         """Connection options (``username``, ``password_env``) for ``user``."""

@@ -177,7 +177,7 @@ def test_rendered_acl_and_valkey_conf_boot_a_real_server(tmp_path, rendered_acl,
         settings = admin.config_get("*")
         assert settings["maxmemory-policy"] == "volatile-lru"
         assert int(settings["maxmemory"]) == 12 * 1024**3
-        assert settings["save"] == "" and settings["appendonly"] == "yes"
+        assert settings["save"] == "3600 1 300 100 60 10000" and settings["appendonly"] == "no"
         assert int(settings["proto-max-bulk-len"]) == 512 * MiB
         # The spill user passes the backend's checks there, without CONFIG permission, and
         # may read the policy from INFO memory (granted explicitly).

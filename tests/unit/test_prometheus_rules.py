@@ -60,7 +60,7 @@ def test_promtool_accepts_the_rules(rules_file):
 
 def test_every_issue_has_an_alert():
     assert {"ValkeyMemoryNearMax", "ValkeyNonEvictableMemoryNearMax", "ValkeyRejectingWritesOOM",
-            "ValkeyAOFWriteFailing",
+            "ValkeyPersistenceFailing",
             "ValkeyEvictingKeys", "ValkeyEvictionPolicyUnsafe", "RaySpillErrors",
             "RaySpillGcJobFailed"} <= alert_names()
 
@@ -100,10 +100,20 @@ CASES = [
     ("ValkeyRejectingWritesOOM",
      [(f'redis_errors_total{{{VALKEY}, err="OOM"}}', "0+3x10")], "5m",
      [{"namespace": "ai-ml", "pod": "valkey-0", "severity": "critical"}]),
-    ("ValkeyAOFWriteFailing",
-     [(f"redis_aof_last_write_status{{{VALKEY}}}", "0+0x5"),
+    ("ValkeyPersistenceFailing",
+     [(f"redis_rdb_last_bgsave_status{{{VALKEY}}}", "0+0x5"),
+      (f"redis_aof_last_write_status{{{VALKEY}}}", "1+0x5"),
       (f"redis_aof_last_bgrewrite_status{{{VALKEY}}}", "1+0x5")], "3m",
      [{"namespace": "ai-ml", "pod": "valkey-0", "severity": "critical"}]),
+    ("ValkeyPersistenceFailing",
+     [(f"redis_rdb_last_bgsave_status{{{VALKEY}}}", "1+0x5"),
+      (f"redis_aof_last_write_status{{{VALKEY}}}", "0+0x5"),
+      (f"redis_aof_last_bgrewrite_status{{{VALKEY}}}", "1+0x5")], "3m",
+     [{"namespace": "ai-ml", "pod": "valkey-0", "severity": "critical"}]),
+    ("ValkeyPersistenceFailing",
+     [(f"redis_rdb_last_bgsave_status{{{VALKEY}}}", "1+0x5"),
+      (f"redis_aof_last_write_status{{{VALKEY}}}", "1+0x5"),
+      (f"redis_aof_last_bgrewrite_status{{{VALKEY}}}", "1+0x5")], "3m", []),
     ("ValkeyEvictingKeys",
      [(f"redis_evicted_keys_total{{{VALKEY}}}", "0+10x40")], "35m",
      [{"namespace": "ai-ml", "pod": "valkey-0", "severity": "warning"}]),

@@ -14,9 +14,9 @@ lost-node   A spills actor outputs (no lineage) and task outputs that cost ``--t
             each, A's raylet is SIGKILLed, B fetches everything: recovered, lost, time until all
             back; with Ray's default failure detection and with a fast one.
 deployed    the same-node spill/restore run against valkey-server started with the exact
-            valkey.conf and ACL users of cluster_configs (AOF as shipped; maxmemory capped at 3gb)
-            spilling as the RayService's own user and prefix, and with
-            persistence variants (appendfsync no, RDB only, none).
+            valkey.conf and ACL users of cluster_configs (maxmemory capped at 3gb) spilling as
+            the RayService's own user and prefix: the shipped persistence beside AOF everysec,
+            RDB only, a snapshot always running and none; what a clean restart and a crash keep.
 same-node   restore levers (connections, chunk size, restore workers) against Ray's filesystem
             restore from the page cache and from /dev/shm, and the raw socket GET of the bytes.
 ray-data    Ray Data on a dataset bigger than the object store: random_shuffle, sort on a random

@@ -12,6 +12,9 @@ from ...server_checks import each_node
 from .report import ERROR, OK, WARN, err_text, is_loopback, is_noperm
 
 MIN_VERSION = (7, 2)  # CLIENT NO-TOUCH, ACL DRYRUN, volatile-* semantics as documented
+# The RDB save rules of the shipped valkey.conf (cluster_configs/overlays/*/valkey*.yaml),
+# suggested to a server without persistence; tests/unit/test_persistence.py keeps them equal.
+SHIPPED_SAVE_RULES = "3600 1 300 100 60 10000"
 
 
 class ServerChecks:
@@ -218,29 +221,35 @@ class ServerChecks:
             self.add("maxmemory", OK, limit)
 
     def check_persistence(self, s: dict) -> None:
-        """Report whether spilled objects survive a server restart (AOF, RDB or nothing)."""
+        """Report what a server restart keeps: spilled objects, sessions and cache entries
+        (RDB snapshots as shipped, AOF, or nothing)."""
         why = self._unreadable(s["appendonly"]) or self._unreadable(s["save"])
         if why:
             self.add("persistence", WARN, f"cannot read appendonly / save ({why})",
-                     "ask the server admin whether spilled objects survive a restart")
+                     "ask the server admin whether sessions and cache entries survive a restart")
             return
         aof = s["appendonly"] == "yes"
-        rdb = bool((s["save"] or "").strip().strip('"'))
+        rules = " ".join((s["save"] or "").replace('"', " ").split())
         if aof:
             fsync = s.get("appendfsync")
             fsync = fsync if isinstance(fsync, str) else "?"
-            self.add("persistence", OK, f"AOF on (appendfsync {fsync}): spilled objects survive "
-                     "a restart" + (" (up to ~1 s of writes lost on a crash)"
-                                    if fsync == "everysec" else ""))
-        elif rdb:
-            self.add("persistence", WARN, f"RDB snapshots only (save {s['save']}): objects "
-                     "spilled since the last snapshot are lost on a crash, and every snapshot "
-                     "forks the server (memory doubling with GBs of spill data)",
-                     "CONFIG SET appendonly yes (appendfsync everysec), or accept the loss")
+            self.add("persistence", OK, f"AOF on (appendfsync {fsync}): spilled objects, "
+                     "sessions and cache entries survive a restart"
+                     + (" (up to ~1 s of writes lost on a crash)" if fsync == "everysec" else "")
+                     + "; the AOF writes every spilled byte to disk a second time, which slows "
+                     "spilling (docs/deployment.md, Persistence)")
+        elif rules:
+            self.add("persistence", OK, f"RDB snapshots (save {rules}): a restart keeps sessions, "
+                     "cache entries and spilled objects as of the last snapshot (a clean "
+                     "shutdown writes a final one); a spilled object missing from it fails its "
+                     "ray.get with ObjectLostError at once")
         else:
             self.add("persistence", WARN, "none: a server restart loses every spilled object "
-                     "(restores fail with ObjectMissingError; tasks needing them fail)",
-                     "CONFIG SET appendonly yes if spilled objects must survive a server restart")
+                     "(their ray.get raises ObjectLostError at once) and every session and "
+                     "cache entry",
+                     f'persist it as the shipped valkey.conf does (save "{SHIPPED_SAVE_RULES}", '
+                     "appendonly no: docs/deployment.md, Persistence), or accept re-running work "
+                     "after a server restart")
 
     def check_bulk_len(self, s: dict) -> None:
         """Check that ``chunk_size_bytes`` is below the server's ``proto-max-bulk-len``."""
