@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ConfigError
 from ..testing.embedded import free_port, valkey_server_binary
 
 MANIFEST = Path("overlays", "standalone", "valkey.yaml")
@@ -41,6 +41,10 @@ def deployed_settings(configs_dir: Path) -> tuple[str, dict[str, str]]:
     the ACL file (without its secrets)."""
     import yaml
 
+    if not (configs_dir / MANIFEST).is_file():
+        raise ConfigError("cluster_configs", str(configs_dir),
+                          f"no {MANIFEST} there; allowed: the cluster_configs/ directory of a "
+                          "checkout (--cluster-configs), which an installed package lacks")
     conf, env = None, {}
     with open(configs_dir / MANIFEST, encoding="utf-8") as f:
         for doc in yaml.safe_load_all(f):

@@ -20,6 +20,7 @@ import pytest
 import valkey
 
 from conftest import make_storage, restore, spill
+from support import REPO
 from ray_valkey_spill.caches.embedding import EmbeddingCache
 from ray_valkey_spill.caches.session import SessionStore
 from ray_valkey_spill.connection import close_all
@@ -41,7 +42,7 @@ def _stores(srv: DeployedValkey) -> tuple[SessionStore, EmbeddingCache]:
 
 @pytest.fixture
 def shipped():
-    with DeployedValkey(overrides={"maxmemory": "256mb"}) as srv:
+    with DeployedValkey(REPO / "cluster_configs", overrides={"maxmemory": "256mb"}) as srv:
         yield srv
     close_all()
 

@@ -13,6 +13,7 @@ import pytest
 
 from cluster_configs_lib import CLUSTER, CONFIGS, STANDALONE, load_docs, one, valkey_parts
 from ray_valkey_spill.config import SpillConfig
+from ray_valkey_spill.errors import ConfigError
 from ray_valkey_spill.lab.deployed_server import deployed_settings
 from ray_valkey_spill.lab.scenarios.deployed import conf_persistence, persistence_variants
 from ray_valkey_spill.tools.doctor.report import OK, WARN
@@ -102,3 +103,9 @@ def test_deployed_scenario_measures_the_shipped_conf_and_every_other_setting():
     assert list(aof_shipped)[0] == "valkey deployed: shipped valkey.conf = AOF everysec"
     assert aof_shipped["valkey deployed: RDB only (save 3600 1 300 100 60 10000)"] == {
         "appendonly": "no", "save": '"3600 1 300 100 60 10000"'}
+
+
+def test_an_installed_package_without_cluster_configs_gets_one_clear_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"cluster_configs=.*no overlays/standalone/valkey.yaml "
+                                          r"there.*--cluster-configs"):
+        deployed_settings(tmp_path)
