@@ -50,8 +50,9 @@ _DELEGATED = {
                          "LangChain's RedisStore and RedisVL (needs the frameworks extras)"),
     "bench-lmcache": ("lab.bench_lmcache", "the LMCache plug-in beside LMCache's valkey:// and "
                       "redis:// connectors (needs the bench-lmcache extra)"),
-    "scenarios": ("lab.scenarios", "cross-node, lost-node, deployed-config and same-node runs "
-                  "beside filesystem spilling"),
+    "scenarios": ("lab.scenarios", "cross-node, lost-node, deployed-config, same-node and "
+                  "ray-data (Ray Data shuffle, sort, map_batches) runs beside filesystem "
+                  "spilling"),
     "gcs-footprint": ("lab.gcs_footprint", "bytes Ray's GCS (fault tolerance) keeps in Valkey "
                       "after jobs, actors and a working_dir"),
     "stats": ("tools.stats", "keys and bytes per prefix, eviction policy, cache hit rates"),

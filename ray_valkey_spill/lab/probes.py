@@ -46,6 +46,13 @@ class ValkeyProbe:
             except Exception:  # noqa: BLE001 - the sampler must never kill the run
                 continue
 
+    def cpu_s(self) -> float | None:
+        """The server's CPU seconds so far (user + system, ``INFO cpu``); None for a cluster."""
+        if self._cluster:
+            return None
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
     def keys(self) -> list[bytes]:
         """Keys of spilled objects (a node's heartbeat key, ``...:hb``, is not one)."""
         return [k for k in scan_keys(self.client, self.prefix + "*")
@@ -113,3 +120,26 @@ def raylet_stats() -> dict | None:
         "spilled_bytes_total", "spilled_objects_total", "spill_time_total_s",
         "restored_bytes_total", "restored_objects_total", "restore_time_total_s",
         "object_store_bytes_used", "object_store_bytes_avail")}
+
+
+IO_WORKER_TYPES = ("SPILL_WORKER", "RESTORE_WORKER")
+
+
+def io_worker_cpu_s(session_name: str) -> float:
+    """CPU seconds (user + system) used so far by the live spill and restore IO workers of Ray
+    session ``session_name``: on a small node they compete with the tasks for cores, so this
+    is the cost of a backend that wall-clock time on a shared machine hides."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or ())
+        if ("default_worker.py" not in cmd or session_name not in cmd
+                or not any(t in cmd for t in IO_WORKER_TYPES)):
+            continue
+        try:
+            cpu = proc.cpu_times()
+        except psutil.Error:  # exited meanwhile
+            continue
+        total += cpu.user + cpu.system
+    return total

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..config import MiB
-from .probes import DirProbe, ValkeyProbe, raylet_stats
+from .probes import DirProbe, ValkeyProbe, io_worker_cpu_s, raylet_stats
 
 WORKLOADS = ("random_shuffle", "sort", "map_batches_twice")
 PAYLOADS = ("random", "tokens")  # incompressible uint64 hashes; int32 tokens < 50000 (~2x zstd)
@@ -200,7 +200,8 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
                  ) -> RayDataResult:
     """Start a local Ray spilling to ``backend`` (Valkey at ``url``, or the filesystem), run
     ``workloads`` on a dataset of ``shape``, check every row; figures ``<workload>/seconds``,
-    ``<workload>/spilled_bytes``, ``<workload>/restored_bytes``, ``left_after_shutdown``."""
+    ``<workload>/spilled_bytes``, ``<workload>/restored_bytes``, ``<workload>/spill_cpu_s`` (CPU
+    seconds of the IO workers, and of the server for Valkey), ``left_after_shutdown``."""
     import ray
 
     from ..config import spilling_config
@@ -232,8 +233,15 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
         source = ray.data.range(shape.rows, override_num_blocks=shape.blocks).map_batches(
             partial(_make_rows, row_bytes=shape.row_bytes, kind=shape.payload, seed=shape.seed),
             batch_format="numpy", batch_size=None)
+        session = ray._private.worker._global_node.session_name
+
+        def cpu_s() -> float:  # IO workers, plus the server for Valkey
+            server = probe.cpu_s() if isinstance(probe, ValkeyProbe) else None
+            return io_worker_cpu_s(session) + (server or 0.0)
+
         for name in workloads:
             spilled0, restored0 = _spill_counters()
+            cpu0 = cpu_s()
             t0 = time.perf_counter()
             if name == "random_shuffle":
                 check = RowCheck(shape, in_key_order=False, flipped=False)
@@ -254,6 +262,7 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
             spilled1, restored1 = _spill_counters()
             fig[f"{name}/spilled_bytes"] = spilled1 - spilled0
             fig[f"{name}/restored_bytes"] = restored1 - restored0
+            fig[f"{name}/spill_cpu_s"] = cpu_s() - cpu0
             fig[f"{name}/rows_checked"] = sum(c.rows for c in checks)
             for i, check in enumerate(checks):
                 res.errors += check.errors(name if len(checks) == 1 else f"{name} read {i + 1}")

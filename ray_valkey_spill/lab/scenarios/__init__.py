@@ -41,6 +41,7 @@ from ...cli.options import report_problems
 from ...testing.embedded import EmbeddedValkey
 from ..environment import environment
 from ..multinode import ARRAY_KINDS
+from ..ray_data_workload import WORKLOADS as RAY_DATA_WORKLOADS
 from .deployed import scenario_deployed
 from .multi_node import scenario_cross_node, scenario_lost_node
 from .plot import plot
@@ -89,6 +90,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--ray-data-row-bytes", type=int, default=8192, help="payload bytes per row")
     g.add_argument("--ray-data-blocks", type=int, default=64)
     g.add_argument("--ray-data-payload", choices=("random", "tokens"), default="random")
+    g.add_argument("--ray-data-workloads", default=",".join(RAY_DATA_WORKLOADS),
+                   help=f"comma-separated, of {', '.join(RAY_DATA_WORKLOADS)}")
     g.add_argument("--ray-data-variants", default="",
                    help=f"semicolon-separated extra rows, of: {'; '.join(KNOBS)}".replace("%", "%%"))
     args = p.parse_args(argv)
@@ -96,6 +99,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [v for v in args.ray_data_variants if v not in KNOBS]
     if unknown:
         p.error(f"--ray-data-variants: {unknown[0]!r} is not one of {'; '.join(KNOBS)}")
+    args.ray_data_workloads = tuple(w for w in args.ray_data_workloads.split(",") if w)
+    bad = [w for w in args.ray_data_workloads if w not in RAY_DATA_WORKLOADS] or (
+        [""] if not args.ray_data_workloads else [])
+    if bad:
+        p.error(f"--ray-data-workloads: {bad[0]!r} is not one of {', '.join(RAY_DATA_WORKLOADS)}")
     if args.ray_data_mib < 1 or args.ray_data_row_bytes < 64 or args.ray_data_blocks < 1:
         p.error("--ray-data-mib and --ray-data-blocks must be positive, --ray-data-row-bytes "
                 ">= 64")

@@ -13,13 +13,18 @@ from .common import FS, alternate, errors_of, fmt, markdown_table, summarize
 
 VALKEY = "valkey"
 # Extra variants (--ray-data-variants): the knobs a user can set, each beside the defaults.
-KNOBS: dict[str, tuple[str, dict, dict]] = {
-    # label: (backend, spilling options, Ray system config)
-    "valkey, max_io_workers=2": (VALKEY, {}, {"max_io_workers": 2}),
-    "valkey, compression=none": (VALKEY, {"compression": "none"}, {}),
-    "valkey, 2 connections": (VALKEY, {"connections": 2}, {}),
-    "valkey, min_spilling_size=32 MiB": (VALKEY, {}, {"min_spilling_size": 32 * MiB}),
-    "filesystem, max_io_workers=2": ("filesystem", {}, {"max_io_workers": 2}),
+KNOBS: dict[str, tuple[str, dict, dict, str | None]] = {
+    # label: (backend, spilling options, Ray system config, transport: None for --transport)
+    "valkey, unix socket": (VALKEY, {}, {}, "unix"),
+    "valkey, max_io_workers=2": (VALKEY, {}, {"max_io_workers": 2}, None),
+    "valkey, max_io_workers=8": (VALKEY, {}, {"max_io_workers": 8}, None),
+    "valkey, compression=none": (VALKEY, {"compression": "none"}, {}, None),
+    "valkey, 1 connection": (VALKEY, {"connections": 1}, {}, None),
+    "valkey, 2 connections": (VALKEY, {"connections": 2}, {}, None),
+    "valkey, 1 MiB chunks": (VALKEY, {"chunk_size_bytes": MiB}, {}, None),
+    "valkey, 16 MiB chunks": (VALKEY, {"chunk_size_bytes": 16 * MiB}, {}, None),
+    "valkey, min_spilling_size=32 MiB": (VALKEY, {}, {"min_spilling_size": 32 * MiB}, None),
+    "filesystem, max_io_workers=2": ("filesystem", {}, {"max_io_workers": 2}, None),
 }
 
 
@@ -36,7 +41,8 @@ def _flat(res) -> dict:
 
 def ray_data_table(summary: dict, labels: list[str]) -> str:
     """Workload x backend: seconds (ratio of filesystem to this backend: > 1 is faster than
-    the filesystem), spilled MiB, restored MiB, and keys or files left after shutdown."""
+    the filesystem), spilled MiB, restored MiB, CPU seconds of spilling (IO workers, and the
+    server for Valkey), and keys or files left after shutdown."""
     rows = []
     for workload in WORKLOADS:
         for label in labels:
@@ -48,20 +54,23 @@ def ray_data_table(summary: dict, labels: list[str]) -> str:
             rows.append([workload, label, fmt(m.get(f"{workload}/seconds"), "{:.1f}"), speed,
                          fmt(m.get(f"{workload}/spilled_bytes", 0) / MiB, "{:.0f}"),
                          fmt(m.get(f"{workload}/restored_bytes", 0) / MiB, "{:.0f}"),
+                         fmt(m.get(f"{workload}/spill_cpu_s"), "{:.1f}"),
                          fmt(m.get("left_after_shutdown"), "{:.0f}")])
     return markdown_table(["workload", "backend", "seconds", "speed vs filesystem",
-                           "spilled MiB", "restored MiB", "left after shutdown"], rows)
+                           "spilled MiB", "restored MiB", "spill CPU s",
+                           "left after shutdown"], rows)
 
 
 def scenario_ray_data(args, server: EmbeddedValkey, env: dict) -> tuple[dict, str, list[str]]:
     """The three Ray Data workloads, Valkey (and the ``--ray-data-variants``) beside the
     filesystem, alternating."""
-    url = server.url_for(args.transport)
     shape = shape_of(args)
 
-    def variant(backend: str, options: dict, system: dict) -> Callable[[], dict]:
-        return lambda: _flat(run_ray_data(backend, shape, url if backend == VALKEY else None,
-                                          spill_options=options, system_config=system,
+    def variant(backend: str, options: dict, system: dict,
+                transport: str | None = None) -> Callable[[], dict]:
+        url = server.url_for(transport or args.transport) if backend == VALKEY else None
+        return lambda: _flat(run_ray_data(backend, shape, url, spill_options=options,
+                                          system_config=system, workloads=args.ray_data_workloads,
                                           baseline_dir=args.baseline_dir))
 
     variants: list[tuple[str, Callable[[], dict]]] = [
@@ -76,5 +85,6 @@ def scenario_ray_data(args, server: EmbeddedValkey, env: dict) -> tuple[dict, st
               f"payload) in {shape.blocks} blocks, object store {shape.object_store_mib} MiB; "
               "every row checked (payload, key, no row missing or twice, key order after sort, "
               "multiset checksum). Speed: filesystem seconds / this backend's, median of the "
-              "per-repetition ratios.")
+              "per-repetition ratios. Spill CPU: user + system seconds of the spill and restore "
+              "IO workers, plus the valkey-server's for Valkey.")
     return summary, table, errors_of(runs)
