@@ -63,22 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def admin_config_from_args(args) -> SpillConfig | None:
     """The spill user's config with the --admin-* credentials instead, if any were given."""
-    if not (args.admin_username or args.admin_password_env or args.admin_password_file):
-        return None
-    admin = argparse.Namespace(**vars(args))
-    admin.username = args.admin_username
-    admin.password_env, admin.password_file = args.admin_password_env, args.admin_password_file
-    return _config(admin)
+    return _config_as(args, "admin")
 
 
 def gcs_config_from_args(args) -> SpillConfig | None:
     """The connection as Ray's GCS user, if --gcs-* credentials were given (same server)."""
-    if not (args.gcs_username or args.gcs_password_env or args.gcs_password_file):
+    return _config_as(args, "gcs")
+
+
+def _config_as(args, who: str) -> SpillConfig | None:
+    """The spill user's config with the --<who>-username/-password-env/-password-file
+    credentials instead, or None if none of them was given."""
+    username, password_env, password_file = (getattr(args, f"{who}_{field}") for field in
+                                             ("username", "password_env", "password_file"))
+    if not (username or password_env or password_file):
         return None
-    gcs = argparse.Namespace(**vars(args))
-    gcs.username = args.gcs_username
-    gcs.password_env, gcs.password_file = args.gcs_password_env, args.gcs_password_file
-    return _config(gcs)
+    other = argparse.Namespace(**vars(args))
+    other.username, other.password_env, other.password_file = username, password_env, password_file
+    return _config(other)
 
 
 def _config(args) -> SpillConfig:
