@@ -122,24 +122,78 @@ def raylet_stats() -> dict | None:
         "object_store_bytes_used", "object_store_bytes_avail")}
 
 
-IO_WORKER_TYPES = ("SPILL_WORKER", "RESTORE_WORKER")
+# An IO worker starts as `default_worker.py ... --worker-type=SPILL_WORKER` and then renames
+# itself (setproctitle) to `ray::IDLE_SpillWorker`, `ray::SPILL_SpillWorker`, ...: either form.
+IO_WORKER_MARKS = ("SPILL_WORKER", "RESTORE_WORKER", "SpillWorker", "RestoreWorker")
 
 
-def io_worker_cpu_s(session_name: str) -> float:
-    """CPU seconds (user + system) used so far by the live spill and restore IO workers of Ray
-    session ``session_name``: on a small node they compete with the tasks for cores, so this
-    is the cost of a backend that wall-clock time on a shared machine hides."""
-    import psutil
+class IOWorkerCPU:
+    """CPU seconds (user + system) of the spill and restore IO workers of one Ray session: on a
+    small node they compete with the tasks for cores, so this is the cost of a backend that
+    wall-clock time on a shared machine hides.
 
-    total = 0.0
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or ())
-        if ("default_worker.py" not in cmd or session_name not in cmd
-                or not any(t in cmd for t in IO_WORKER_TYPES)):
-            continue
+    IO workers are the raylet's children, found by the raylet's command line (which names the
+    session). Ray ends idle IO workers, so a thread samples every SAMPLE_S and keeps each
+    worker's last reading: a worker that exits loses at most its last SAMPLE_S of CPU."""
+
+    SAMPLE_S = 0.2
+
+    def __init__(self, session_name: str):
+        import psutil
+
+        self._psutil = psutil
+        self.session_name = session_name
+        self._seen: dict[tuple[int, float], float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._raylet = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _find_raylet(self):
+        for proc in self._psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or ()
+            if cmd and cmd[0].endswith("/raylet") and any(self.session_name in a for a in cmd):
+                return proc
+        return None
+
+    def sample(self) -> None:
+        """Read the CPU time of every live IO worker now."""
+        psutil = self._psutil
+        if self._raylet is None:
+            self._raylet = self._find_raylet()
+            if self._raylet is None:
+                return
         try:
-            cpu = proc.cpu_times()
-        except psutil.Error:  # exited meanwhile
-            continue
-        total += cpu.user + cpu.system
-    return total
+            children = self._raylet.children()
+        except psutil.Error:  # the raylet is gone (shutdown)
+            return
+        for proc in children:
+            try:
+                cmd = " ".join(proc.cmdline())
+                if not any(mark in cmd for mark in IO_WORKER_MARKS):
+                    continue
+                cpu = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+            except psutil.Error:  # exited meanwhile
+                continue
+            with self._lock:
+                self._seen[key] = cpu.user + cpu.system
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - the sampler must never kill the run
+                continue
+
+    def total_s(self) -> float:
+        """CPU seconds used so far by every IO worker seen, live or exited."""
+        self.sample()
+        with self._lock:
+            return sum(self._seen.values())
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join(timeout=2)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..config import MiB
-from .probes import DirProbe, ValkeyProbe, io_worker_cpu_s, raylet_stats
+from .probes import DirProbe, IOWorkerCPU, ValkeyProbe, raylet_stats
 
 WORKLOADS = ("random_shuffle", "sort", "map_batches_twice")
 PAYLOADS = ("random", "tokens")  # incompressible uint64 hashes; int32 tokens < 50000 (~2x zstd)
@@ -200,8 +200,9 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
                  ) -> RayDataResult:
     """Start a local Ray spilling to ``backend`` (Valkey at ``url``, or the filesystem), run
     ``workloads`` on a dataset of ``shape``, check every row; figures ``<workload>/seconds``,
-    ``<workload>/spilled_bytes``, ``<workload>/restored_bytes``, ``<workload>/spill_cpu_s`` (CPU
-    seconds of the IO workers, and of the server for Valkey), ``left_after_shutdown``."""
+    ``<workload>/spilled_bytes``, ``<workload>/restored_bytes``, ``<workload>/io_worker_cpu_s``
+    and ``<workload>/server_cpu_s`` (CPU seconds of the IO workers and of the Valkey server),
+    ``<workload>/spill_cpu_s`` (their sum), ``left_after_shutdown``."""
     import ray
 
     from ..config import spilling_config
@@ -225,6 +226,7 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
              object_store_memory=shape.object_store_mib * MiB, include_dashboard=False,
              logging_level="warning", log_to_driver=False,
              _system_config={"object_spilling_config": spill_cfg, **(system_config or {})})
+    io_cpu: IOWorkerCPU | None = None
     try:
         import ray.data
 
@@ -233,11 +235,11 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
         source = ray.data.range(shape.rows, override_num_blocks=shape.blocks).map_batches(
             partial(_make_rows, row_bytes=shape.row_bytes, kind=shape.payload, seed=shape.seed),
             batch_format="numpy", batch_size=None)
-        session = ray._private.worker._global_node.session_name
+        io_cpu = IOWorkerCPU(ray._private.worker._global_node.session_name)
 
-        def cpu_s() -> float:  # IO workers, plus the server for Valkey
+        def cpu_s() -> tuple[float, float]:  # (IO workers, the server for Valkey)
             server = probe.cpu_s() if isinstance(probe, ValkeyProbe) else None
-            return io_worker_cpu_s(session) + (server or 0.0)
+            return io_cpu.total_s(), server or 0.0
 
         for name in workloads:
             spilled0, restored0 = _spill_counters()
@@ -262,7 +264,10 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
             spilled1, restored1 = _spill_counters()
             fig[f"{name}/spilled_bytes"] = spilled1 - spilled0
             fig[f"{name}/restored_bytes"] = restored1 - restored0
-            fig[f"{name}/spill_cpu_s"] = cpu_s() - cpu0
+            (io1, server1), (io0, server0) = cpu_s(), cpu0
+            fig[f"{name}/io_worker_cpu_s"] = io1 - io0
+            fig[f"{name}/server_cpu_s"] = server1 - server0
+            fig[f"{name}/spill_cpu_s"] = io1 - io0 + server1 - server0
             fig[f"{name}/rows_checked"] = sum(c.rows for c in checks)
             for i, check in enumerate(checks):
                 res.errors += check.errors(name if len(checks) == 1 else f"{name} read {i + 1}")
@@ -271,6 +276,8 @@ def run_ray_data(backend: str, shape: RayDataShape, url: str | None = None, *,
     except Exception as exc:  # noqa: BLE001 - a failed workload is a reported error, not a crash
         res.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
+        if io_cpu is not None:
+            io_cpu.stop()
         ray.shutdown()
         count = (lambda: len(probe.keys())) if isinstance(probe, ValkeyProbe) else \
             (lambda: len(probe.files()))

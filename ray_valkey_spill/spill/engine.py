@@ -42,7 +42,8 @@ from .codec import CODEC_RAW, ChunkCodec, ChunkInfo, Manifest
 from .codec import scratch as codec_scratch
 from .heartbeat import Heartbeat
 from .leftovers import LeftoverObjects
-from .transport import BATCH_COMMANDS, IN_DESTINATION, ChunkJob, Transport, plan_jobs
+from .transport import (BATCH_COMMANDS, IN_DESTINATION, ChunkJob, Transport, plan_jobs,
+                        read_batch_bytes)
 
 logger = logging.getLogger("ray_valkey_spill")
 
@@ -335,7 +336,8 @@ class SpillEngine:
     def _fill(self, base_key: str, manifest: Manifest, target: memoryview) -> None:
         """Fetch every chunk and decode it into its slice of ``target`` (the whole object)."""
         read = functools.partial(self._read_job, manifest)
-        jobs = plan_jobs([(base_key, target)], manifest.chunk_size)
+        batch = read_batch_bytes(len(target), manifest.chunk_size, self.config.connections)
+        jobs = plan_jobs([(base_key, target)], manifest.chunk_size, batch)
         with closing(self._run_bounded(self._pool(), read, jobs)) as done:
             for _, future in done:
                 future.result()

@@ -51,14 +51,15 @@ class ChunkJob:
         self.nbytes = sum(len(view) for *_, view in self.items)
 
 
-def plan_jobs(views: Sequence[tuple[str, memoryview]], chunk_size: int) -> list[ChunkJob]:
+def plan_jobs(views: Sequence[tuple[str, memoryview]], chunk_size: int,
+              batch_bytes: int = BATCH_BYTES) -> list[ChunkJob]:
     """Cut each ``(base key, buffer)`` into ``chunk_size`` views (no copy) and group them into
-    batches of at most BATCH_BYTES and BATCH_COMMANDS."""
+    batches of at most ``batch_bytes`` (never less than one chunk) and BATCH_COMMANDS."""
     jobs, job = [], ChunkJob()
     for obj_index, (base_key, buf) in enumerate(views):
         for chunk_index, start in enumerate(range(0, len(buf), chunk_size)):
             piece = buf[start:start + chunk_size]
-            if job.items and (job.nbytes + len(piece) > BATCH_BYTES
+            if job.items and (job.nbytes + len(piece) > batch_bytes
                               or len(job.items) >= BATCH_COMMANDS):
                 jobs.append(job)
                 job = ChunkJob()
@@ -67,6 +68,15 @@ def plan_jobs(views: Sequence[tuple[str, memoryview]], chunk_size: int) -> list[
     if job.items:
         jobs.append(job)
     return jobs
+
+
+def read_batch_bytes(object_len: int, chunk_size: int, connections: int) -> int:
+    """Batch size for restoring one object: its chunks spread over every connection (Ray
+    restores one object per call; in one batch a 16 MiB object would ride one connection,
+    and split four ways it restored 1.2x faster, `docs/performance.md`), whole chunks, at most
+    BATCH_BYTES."""
+    share = -(-object_len // connections)
+    return min(BATCH_BYTES, max(chunk_size, -(-share // chunk_size) * chunk_size))
 
 
 # destination(i, n) -> the buffer that receives reply i of n bytes (see direct_io.get_into)

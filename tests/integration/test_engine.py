@@ -13,7 +13,8 @@ from ray_valkey_spill.errors import InvalidSpillURLError, ObjectMissingError
 from ray_valkey_spill.keyspace import scan_keys
 from ray_valkey_spill.spill import keys as K
 from ray_valkey_spill.spill.engine import FRAME_HEADER_BYTES, SpillObject
-from ray_valkey_spill.spill.transport import BATCH_BYTES, BATCH_COMMANDS, plan_jobs
+from ray_valkey_spill.spill.transport import (BATCH_BYTES, BATCH_COMMANDS, plan_jobs,
+                                              read_batch_bytes)
 from ray_valkey_spill.testing.harness import OWNER_ADDRESS, SpillHarness
 
 
@@ -124,3 +125,13 @@ def test_jobs_are_zero_copy_views_bounded_by_bytes_and_commands():
     first = jobs[0].items[0][3]
     assert first.obj is big.obj  # a view of the object's own memory, not a copy
     assert sum(len(j.items) for j in jobs) == 40 + 600
+
+
+@pytest.mark.parametrize("object_mib, chunk_mib, connections, jobs", [
+    (16, 4, 4, 4), (16, 4, 2, 2), (6, 4, 4, 2), (3, 4, 4, 1), (40, 1, 4, 4), (256, 4, 4, 16)])
+def test_one_restored_object_spreads_over_every_connection(object_mib, chunk_mib, connections,
+                                                           jobs):
+    batch = read_batch_bytes(object_mib * MiB, chunk_mib * MiB, connections)
+    planned = plan_jobs([("o", memoryview(bytearray(object_mib * MiB)))], chunk_mib * MiB, batch)
+    assert len(planned) == jobs
+    assert all(j.nbytes <= BATCH_BYTES for j in planned)

@@ -57,9 +57,10 @@ if sys.argv[3] == "create":
     assert [int(ray.get(r)[0]) for r in refs] == list(range(20))
     # Counted while the refs live (the objects are deleted from Valkey when the driver exits).
     import os, valkey
-    spill = valkey.Valkey(port=int(sys.argv[4]), username="raysp-embed",
-                          password=os.environ["VALKEY_SPILL_PASSWORD"])
-    print("SPILLED", sum(not k.endswith(b":hb") for k in spill.scan_iter("ray:embed:*")))
+    if "VALKEY_SPILL_PASSWORD" in os.environ:  # this Ray spills to Valkey
+        spill = valkey.Valkey(port=int(sys.argv[4]), username="raysp-embed",
+                              password=os.environ["VALKEY_SPILL_PASSWORD"])
+        print("SPILLED", sum(not k.endswith(b":hb") for k in spill.scan_iter("ray:embed:*")))
     print("PID", ray.get(c.pid.remote()))
 else:
     c = ray.get_actor("counter")
@@ -328,3 +329,48 @@ def test_a_gcs_on_a_two_shard_cluster_exits_and_doctor_says_why(tmp_path, monkey
                  if r["check"] == "gcs-layout"]
     assert layout["status"] == "ERROR" and "more than one shard" in layout["detail"]
     assert "rocksdb" in layout["action"]
+
+
+def test_a_gcs_on_a_one_shard_cluster_keeps_its_tables_and_doctor_agrees(monkeypatch, capsys):
+    """What doctor's gcs-layout row promises: a one-shard Valkey Cluster, addressed by its
+    node's host:port, holds a real Ray GCS's tables; a detached actor's state survives a kill
+    and a restart of gcs_server."""
+    from ray_valkey_spill.testing.embedded_cluster import EmbeddedValkeyCluster
+    from ray_valkey_spill.tools import doctor
+
+    tmp = tempfile.mkdtemp(prefix="rvsgc1", dir="/tmp")
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    with EmbeddedValkeyCluster(primaries=1) as cluster:
+        port = int(cluster.url.rsplit(":", 1)[1].split("/")[0])
+        env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled",
+               "RAY_REDIS_ADDRESS": f"127.0.0.1:{port}",
+               "RAY_external_storage_namespace": namespace}
+        env.pop("RAY_object_spilling_config", None)
+        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+        gcs_port = _free_port()
+        started = subprocess.run(
+            [ray_bin, "start", "--head", f"--port={gcs_port}", "--num-cpus=1",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}",
+             f"--object-store-memory={100 * MiB}"],
+            env=env, capture_output=True, text=True, timeout=120)
+        try:
+            assert started.returncode == 0, started.stderr[-3000:]
+            head = {"server": cluster.nodes[0], "env": env, "address": f"127.0.0.1:{gcs_port}"}
+            first = _driver(head, "create")
+            admin = cluster.client()
+            assert {gcs_prefix(namespace) + t for t in ("ACTOR", "NODE", "KV")} <= {
+                k.decode() for k in scan_keys(admin, gcs_prefix(namespace) + "*")}
+            admin.close()
+            _restart_like(_gcs_server_pid(tmp), tmp)
+            second = _driver(head, "get")
+            assert (second["PID"], second["N"]) == (first["PID"], 6), "GCS state was lost"
+        finally:
+            _kill_all(tmp)
+        monkeypatch.setenv("RVS_T_GCS_PW", "unused")
+        plain = cluster.url.replace("valkey+cluster", "valkey")
+        capsys.readouterr()
+        doctor.main(["--url", plain, "--json", "--pings", "1", "--gcs-username", "default",
+                     "--gcs-password-env", "RVS_T_GCS_PW"])
+    rows = json.loads(capsys.readouterr().out)["checks"]
+    (layout,) = [r for r in rows if r["check"] == "gcs-layout"]
+    assert layout["status"] == "OK" and "one-shard cluster" in layout["detail"], layout

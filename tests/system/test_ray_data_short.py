@@ -23,3 +23,6 @@ def test_ray_data_spills_to_valkey_and_every_row_comes_back(valkey_url, spill_pr
         assert fig[f"{workload}/spilled_bytes"] > 0, f"{workload}: nothing spilled"
     assert fig["map_batches_twice/restored_bytes"] > 0, "the second read restored nothing"
     assert fig["left_after_shutdown"] == 0, "keys left after ray.shutdown()"
+    # The CPU probe finds the IO workers (they rename themselves ray::*SpillWorker).
+    assert sum(fig[f"{w}/io_worker_cpu_s"] for w in WORKLOADS) > 0.1, fig
+    assert sum(fig[f"{w}/server_cpu_s"] for w in WORKLOADS) > 0, fig
