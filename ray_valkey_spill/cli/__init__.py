@@ -55,6 +55,8 @@ _DELEGATED = {
                   "spilling"),
     "gcs-footprint": ("lab.gcs_footprint", "bytes Ray's GCS (fault tolerance) keeps in Valkey "
                       "after jobs, actors and a working_dir"),
+    "snapshot-cost": ("lab.snapshot_cost", "what an RDB snapshot of the deployed valkey.conf "
+                      "costs (fork, copy-on-write, shutdown save) as the data grows"),
     "stats": ("tools.stats", "keys and bytes per prefix, eviction policy, cache hit rates"),
     "gc": ("tools.gc", "find and remove spilled keys whose Ray session or node is gone"),
     "doctor": ("tools.doctor", "check a server before a cluster relies on it"),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from ..errors import CorruptObjectError
+from .narrow import NARROWINGS, narrow, narrowing_for, stored_len, widen_into
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
@@ -34,8 +35,12 @@ CODEC_ZSTD = 1
 # but 4.1 GB/s instead of 0.43, because the planes of high bytes are runs of zeros.
 SHUFFLE_WIDTHS = (8, 4, 2)
 _SHUFFLE_BASE = 16
+# Integer narrowing (narrow.py): codec id 32 + its index in NARROWINGS.
+_NARROW_BASE = 32
+_NARROW_CODECS = {_NARROW_BASE + i: wt for i, wt in enumerate(NARROWINGS)}
 _CODEC_NAMES = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd",
-                **{_SHUFFLE_BASE + w: f"shuffle{w}+zstd" for w in SHUFFLE_WIDTHS}}
+                **{_SHUFFLE_BASE + w: f"shuffle{w}+zstd" for w in SHUFFLE_WIDTHS},
+                **{c: f"narrow{w}to{t}" for c, (w, t) in _NARROW_CODECS.items()}}
 
 # The probe compresses a few small samples of a chunk; when they do not shrink below this
 # ratio, the whole chunk is stored raw (random floats: ~0.94 with zstd, not worth the CPU).
@@ -46,6 +51,10 @@ KEEP_MAX_RATIO = 0.97
 # A shuffled variant is chosen only when it saves much more: random floats shuffle to ~0.84,
 # not worth a transpose and zstd per byte on a 2-core machine; token ids shuffle to 0.25.
 SHUFFLE_MAX_RATIO = 0.80
+# Narrowing is chosen unless zstd's probe promises a ratio 1.25x better: it encodes and decodes
+# at memory speed, 3x faster than shuffle + zstd (int32 ids below 30 000: 0.50 stored vs
+# 0.48 for shuffle + zstd, whose 16 KiB probe samples say ~0.43; narrow.py).
+NARROW_SLACK = 1.25
 
 MANIFEST_MAGIC = b"RVSM"
 MANIFEST_VERSION = 1
@@ -174,9 +183,10 @@ class ChunkCodec:
         if n <= 2 * PROBE_SAMPLE_BYTES:
             samples = [data]
         else:  # beginning, middle and end: arrays often have headers or padding at one end
-            mid = n // 2
+            # Offsets aligned to the widest element: a sample's integers are the chunk's.
+            mid, end = (n // 2) & ~7, (n - PROBE_SAMPLE_BYTES) & ~7
             samples = [data[:PROBE_SAMPLE_BYTES], data[mid:mid + PROBE_SAMPLE_BYTES],
-                       data[n - PROBE_SAMPLE_BYTES:]]
+                       data[end:end + PROBE_SAMPLE_BYTES]]
         best_codec, best = CODEC_ZSTD, self._ratio(samples)
         middle = samples[len(samples) // 2]
         for width in SHUFFLE_WIDTHS:
@@ -184,9 +194,23 @@ class ChunkCodec:
                 ratio = self._ratio([shuffle(middle, width)])
                 if ratio <= SHUFFLE_MAX_RATIO and ratio < best:
                     best_codec, best = _SHUFFLE_BASE + width, ratio
+        narrowing = self._narrowing(samples)
+        if narrowing is not None and narrowing[1] <= min(PROBE_MAX_RATIO, best * NARROW_SLACK):
+            return narrowing[0]
         if self.compression == "zstd" or best <= PROBE_MAX_RATIO:
             return best_codec
         return CODEC_RAW
+
+    @staticmethod
+    def _narrowing(samples) -> tuple[int, float] | None:
+        """(codec, ratio) of the narrowest integer narrowing every sample fits, or None."""
+        found = None
+        for codec, (width, to) in _NARROW_CODECS.items():
+            fits = [narrowing_for(s, width) for s in samples]
+            if all(f is not None and f <= to for f in fits):
+                if found is None or to / width < found[1]:
+                    found = (codec, to / width)
+        return found
 
     def encode(self, data: memoryview, codec: int | None = None) -> tuple[ChunkInfo, object]:
         """Return the chunk's info and the buffer to store (``data`` itself when raw).
@@ -195,6 +219,13 @@ class ChunkCodec:
         digest = checksum(data)
         if codec is None:
             codec = self.choose(data)
+        if codec in _NARROW_CODECS and self.compression != "none":
+            width, to = _NARROW_CODECS[codec]
+            fits = narrowing_for(data, width)
+            if fits is not None and fits <= to:
+                payload = memoryview(narrow(data, width, to)).cast("B")
+                return ChunkInfo(codec, len(payload), digest), payload
+            codec = _SHUFFLE_BASE + width  # the samples fitted, the whole chunk does not
         if codec != CODEC_RAW and self.compression != "none":
             source = data if codec == CODEC_ZSTD else shuffle(data, codec - _SHUFFLE_BASE)
             packed = self._codec.compress(source, asbytes=False)
@@ -218,6 +249,12 @@ class ChunkCodec:
                                          f"in the object {len(target)}")
             if stored is not target:
                 target[:] = stored
+        elif info.codec in _NARROW_CODECS:
+            width, to = _NARROW_CODECS[info.codec]
+            if len(stored) != stored_len(len(target), width, to):
+                raise CorruptObjectError(f"{key}: narrowed chunk is {len(stored)} bytes, its "
+                                         f"place in the object {len(target)}")
+            widen_into(stored, target, width, to)
         else:
             width = info.codec - _SHUFFLE_BASE if info.codec > CODEC_ZSTD else 0
             # Shuffled chunks decompress into scratch first, then unshuffle into place.

@@ -129,22 +129,75 @@ def test_unshuffle_inverts_shuffle(width, extra):
         assert bytes(target) == data
 
 
-@pytest.mark.parametrize("dtype,width", [(np.int64, 8), (np.int32, 4)])
-def test_token_ids_are_byte_shuffled_and_restore_exactly(dtype, width):
-    from ray_valkey_spill.spill.codec import SHUFFLE_WIDTHS
+@pytest.mark.parametrize("dtype,codec,ratio", [(np.int64, "narrow8to2", 0.25),
+                                                 (np.int32, "narrow4to2", 0.5)])
+def test_token_ids_are_narrowed_and_restore_exactly(dtype, codec, ratio):
+    from ray_valkey_spill.spill.codec import _CODEC_NAMES
 
     tokens = np.random.default_rng(4).integers(0, 30_000, 200_001, dtype=np.int64).astype(dtype)
-    data = tokens.tobytes() + b"tail"  # a ragged tail stays in place
+    data = tokens.tobytes() + b"end"  # a ragged tail stays in place
     info, payload = ChunkCodec("auto", 1).encode(memoryview(data))
-    assert info.codec - 16 in SHUFFLE_WIDTHS, info
-    assert info.stored_len < 0.6 * len(data)
-    target = bytearray(len(data))
+    assert _CODEC_NAMES[info.codec] == codec, info
+    assert info.stored_len == len(tokens) * tokens.itemsize * ratio + 3
+    target = bytearray(b"\xff" * len(data))  # stale bytes must not survive
     ChunkCodec.decode_into(info, bytes(payload), memoryview(target), "k")
     assert bytes(target) == data
     broken = bytearray(payload)
     broken[len(broken) // 2] ^= 1
     with pytest.raises(CorruptObjectError):
         ChunkCodec.decode_into(info, bytes(broken), memoryview(bytearray(len(data))), "k")
+    with pytest.raises(CorruptObjectError):  # a narrowed chunk of the wrong length
+        ChunkCodec.decode_into(info, bytes(payload)[:-1], memoryview(bytearray(len(data))), "k")
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_ids_of_a_large_vocabulary_are_byte_shuffled(dtype):
+    """Ids up to 128 256 (Llama 3) need 3 bytes: no narrower integer type holds them."""
+    from ray_valkey_spill.spill.codec import _CODEC_NAMES
+
+    tokens = np.random.default_rng(5).integers(0, 128_256, 200_000, dtype=np.int64).astype(dtype)
+    data = tokens.tobytes()
+    info, payload = ChunkCodec("auto", 1).encode(memoryview(data))
+    assert _CODEC_NAMES[info.codec].startswith("shuffle"), info
+    assert info.stored_len < 0.8 * len(data)
+    target = bytearray(len(data))
+    ChunkCodec.decode_into(info, bytes(payload), memoryview(target), "k")
+    assert bytes(target) == data
+
+
+def test_a_chunk_its_samples_misjudge_is_not_narrowed_wrongly():
+    """The probe sees small ids in its samples; one big id elsewhere must not be truncated."""
+    from ray_valkey_spill.spill.codec import _CODEC_NAMES
+
+    codec = ChunkCodec("auto", 1)
+    tokens = np.random.default_rng(6).integers(0, 30_000, 500_000, dtype=np.int64)
+    chosen = codec.choose(memoryview(tokens.tobytes()))
+    assert _CODEC_NAMES[chosen] == "narrow8to2"
+    tokens[123_457] = 1 << 40
+    data = tokens.tobytes()
+    info, payload = codec.encode(memoryview(data), chosen)
+    assert not _CODEC_NAMES[info.codec].startswith("narrow"), info
+    target = bytearray(len(data))
+    ChunkCodec.decode_into(info, bytes(payload), memoryview(target), "k")
+    assert bytes(target) == data
+
+
+@pytest.mark.parametrize("width,to", [(8, 4), (8, 2), (8, 1), (4, 2), (4, 1), (2, 1)])
+@pytest.mark.parametrize("extra", [0, 1, 3])
+def test_widen_inverts_narrow(width, to, extra):
+    from ray_valkey_spill.spill.narrow import narrow, narrowing_for, stored_len, widen_into
+
+    extra = min(extra, width - 1)  # a ragged tail: shorter than one element
+    rng = np.random.default_rng(width * 10 + to + extra)
+    values = rng.integers(0, 256 ** to, 1000, dtype=np.uint64).astype(f"<u{width}")
+    data = values.tobytes() + rng.bytes(extra)
+    assert narrowing_for(memoryview(data), width) <= to
+    packed = narrow(memoryview(data), width, to)
+    assert len(packed) == stored_len(len(data), width, to) == 1000 * to + extra
+    target = bytearray(b"\xff" * len(data))
+    widen_into(packed, memoryview(target), width, to)
+    assert bytes(target) == data
+    assert narrowing_for(memoryview(np.full(8, 2**63, np.uint64).tobytes()), 8) is None
 
 
 def test_io_workers_import_neither_numpy_nor_pyarrow_at_start_up():
