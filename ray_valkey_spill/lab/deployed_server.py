@@ -137,8 +137,7 @@ class DeployedValkey:
                 # refused before the server would answer LOADING: the admin's PING waits for
                 # the data to load.
                 try:
-                    with valkey.Valkey(port=self.port, socket_timeout=1, username="admin",
-                                       password=os.environ[password_env("admin")]) as admin:
+                    with self.admin_client(socket_timeout=1) as admin:
                         admin.ping()
                     return
                 # BusyLoadingError, or no answer yet: a server loading GBs answers slowly.
@@ -165,6 +164,13 @@ class DeployedValkey:
             self.process.terminate()
         self.process.wait(timeout=120)
         self._start(120)  # loading the data set takes a while
+
+    def admin_client(self, **kwargs):
+        """A new valkey-py client as the deployed ``admin`` user (``kwargs``: socket options)."""
+        import valkey
+
+        return valkey.Valkey(port=self.port, username="admin",
+                             password=os.environ[password_env("admin")], **kwargs)
 
     def options(self, user: str) -> dict[str, str]:
         """Connection options (``username``, ``password_env``) for ``user``."""

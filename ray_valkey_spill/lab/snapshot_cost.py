@@ -26,19 +26,12 @@ import time
 from pathlib import Path
 
 from ..config import GiB, MiB
-from .deployed_server import DeployedValkey, default_configs_dir, password_env
+from .deployed_server import DeployedValkey, default_configs_dir
 from .environment import environment
 
 KEY_PREFIX = "ray:snapshot-cost:"
 TARGET_GIB = 12  # the shipped standalone maxmemory (cluster_configs/overlays/standalone)
 WRITE_PROBE_S = 1.0  # how long the writer's rate is measured before the snapshot
-
-
-def _admin(srv: DeployedValkey):
-    import valkey
-
-    return valkey.Valkey(port=srv.port, username="admin", socket_timeout=600,
-                         password=os.environ[password_env("admin")])
 
 
 def _fill(client, n_values: int, value: bytes) -> None:
@@ -72,7 +65,7 @@ class _Writer:
     """Overwrites the filled keys in a loop on its own connection; counts the bytes written."""
 
     def __init__(self, srv: DeployedValkey, n_values: int, value: bytes):
-        self.client, self.n, self.value = _admin(srv), n_values, value
+        self.client, self.n, self.value = srv.admin_client(socket_timeout=600), n_values, value
         self.written = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -99,7 +92,7 @@ def measure(gib: float, value_mib: int, configs_dir: Path,
     n_values = max(1, int(gib * GiB) // len(value))
     maxmemory = f"{int(gib * 1.5 * 1024) + 256}mb"
     with DeployedValkey(configs_dir, {"maxmemory": maxmemory, **(overrides or {})}) as srv:
-        client = _admin(srv)
+        client = srv.admin_client(socket_timeout=600)
         try:
             t0 = time.perf_counter()
             _fill(client, n_values, value)

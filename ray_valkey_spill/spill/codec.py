@@ -205,11 +205,13 @@ class ChunkCodec:
     def _narrowing(samples) -> tuple[int, float] | None:
         """(codec, ratio) of the narrowest integer narrowing every sample fits, or None."""
         found = None
-        for codec, (width, to) in _NARROW_CODECS.items():
+        for width in dict.fromkeys(w for w, _ in NARROWINGS):  # 8, 4, 2: ties go to the wider
             fits = [narrowing_for(s, width) for s in samples]
-            if all(f is not None and f <= to for f in fits):
-                if found is None or to / width < found[1]:
-                    found = (codec, to / width)
+            if None in fits:
+                continue
+            to = max(fits)
+            if found is None or to / width < found[1]:
+                found = (_NARROW_BASE + NARROWINGS.index((width, to)), to / width)
         return found
 
     def encode(self, data: memoryview, codec: int | None = None) -> tuple[ChunkInfo, object]:

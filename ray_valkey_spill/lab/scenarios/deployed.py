@@ -14,7 +14,7 @@ from typing import Callable
 
 from ...config import GiB, MiB
 from ...testing.embedded import EmbeddedValkey
-from ..deployed_server import DeployedValkey, default_configs_dir, deployed_settings, password_env
+from ..deployed_server import DeployedValkey, default_configs_dir, deployed_settings
 from .common import FS, alternate, errors_of, fmt, markdown_table, summarize
 from .same_node import same_node, same_node_table, workload_args
 
@@ -86,10 +86,8 @@ def server_figures(srv: DeployedValkey) -> dict:
     """What persistence did during a run: AOF size, snapshots and forks (INFO), and the bytes
     the server and its fork children sent to the disk (``write_bytes`` of ``/proc/<pid>/io``,
     which counts reaped children too; ``wchar`` would count socket replies as well)."""
-    import valkey
 
-    admin = valkey.Valkey(port=srv.port, username="admin",
-                          password=os.environ[password_env("admin")])
+    admin = srv.admin_client()
     try:
         info = {**admin.info("persistence"), **admin.info("stats")}
     finally:
@@ -113,10 +111,8 @@ class SnapshotLoop:
     """Context manager: a thread that starts a BGSAVE (as admin) whenever none is running."""
 
     def __init__(self, srv: DeployedValkey):
-        import valkey
 
-        self.client = valkey.Valkey(port=srv.port, username="admin",
-                                    password=os.environ[password_env("admin")])
+        self.client = srv.admin_client()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -145,22 +141,17 @@ def restart_figures(srv: DeployedValkey) -> dict:
     """Write ``RESTART_PROBE_BYTES`` as admin, restart the server cleanly (SIGTERM, timed from
     the signal until it serves again) and count the probe keys kept; write them again and
     crash it (SIGKILL 1.5 s later: AOF everysec has fsynced them) and count again."""
-    import valkey
 
     n = RESTART_PROBE_BYTES // RESTART_PROBE_VALUE
     value = os.urandom(RESTART_PROBE_VALUE)
 
-    def admin() -> valkey.Valkey:
-        return valkey.Valkey(port=srv.port, username="admin",
-                             password=os.environ[password_env("admin")])
-
     def write(tag: str) -> None:
-        with admin() as client:
+        with srv.admin_client() as client:
             for i in range(n):
                 client.set(f"{RESTART_PROBE_PREFIX}{tag}:{i}", value)
 
     def kept(tag: str) -> float:
-        with admin() as client:
+        with srv.admin_client() as client:
             return sum(client.exists(f"{RESTART_PROBE_PREFIX}{tag}:{i}") for i in range(n)) / n
 
     write("clean")
