@@ -132,6 +132,25 @@ def ray_spilling(valkey_url, spill_prefix):
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_on_private_server(request):
+    """(ray, server, prefix): a local Ray spilling to a server of its own (no persistence
+    unless the test's ``param`` config says so), with short timeouts, for tests that kill,
+    pause, flush or restart that server."""
+    from ray_valkey_spill.connection import close_all
+
+    config = getattr(request, "param", None) or {}
+    with EmbeddedValkey(config=config) as server:
+        prefix = unique_prefix("own")
+        ray = start_ray(server.url, object_store_mib=100, prefix=prefix,
+                        chunk_size_bytes=1 * MiB, **FAST_FAIL)
+        try:
+            yield ray, server, prefix
+        finally:
+            ray.shutdown()
+            close_all()
+
+
 # -- the spill engine without Ray (fault tests at the engine level and under partitions) --
 def unique_prefix(tag: str) -> str:
     return f"ray:{tag}{uuid.uuid4().hex[:8]}:"

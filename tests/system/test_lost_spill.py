@@ -7,7 +7,6 @@ were not lost must still come back byte for byte.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import time
@@ -15,28 +14,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FAST_FAIL, MiB, start_ray, unique_prefix
-from ray_valkey_spill import EmbeddedValkey
-from ray_valkey_spill.connection import close_all
+from conftest import MiB
+from test_ray_faults import _logs_dir, _wait_for_log
 from ray_valkey_spill.keyspace import scan_keys
 
 OBJ_MIB = 8
 # One restore attempt, not Ray's retry: its first retry of a failed restore comes after 10 s.
 LOST_BOUND_S = 8.0
-
-
-@pytest.fixture
-def ray_on_own_server():
-    """(ray, server, prefix): a local Ray spilling to a private server without persistence."""
-    with EmbeddedValkey() as server:
-        prefix = unique_prefix("lost")
-        ray = start_ray(server.url, object_store_mib=100, prefix=prefix,
-                        chunk_size_bytes=1 * MiB, **FAST_FAIL)
-        try:
-            yield ray, server, prefix
-        finally:
-            ray.shutdown()
-            close_all()
 
 
 def _manifests(client, prefix: str) -> dict[str, str]:
@@ -70,21 +54,8 @@ def _get_lost(ray, ref) -> float:
     return time.monotonic() - started
 
 
-def _logged(ray, needle: str, timeout_s: float = 10.0) -> list[str]:
-    logs = ray._private.worker._global_node.get_logs_dir_path()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        hits = []
-        for path in glob.glob(os.path.join(logs, "io_worker-*.err")):
-            with open(path, errors="replace") as f:
-                hits += [line for line in f if needle in line]
-        if hits or time.monotonic() > deadline:
-            return hits
-        time.sleep(0.5)
-
-
-def test_lost_spilled_objects_fail_fast_and_loud(ray_on_own_server):
-    ray, server, prefix = ray_on_own_server
+def test_lost_spilled_objects_fail_fast_and_loud(ray_on_private_server):
+    ray, server, prefix = ray_on_private_server
     client = server.client()
 
     @ray.remote
@@ -99,7 +70,7 @@ def test_lost_spilled_objects_fail_fast_and_loud(ray_on_own_server):
     # 1. A deleted manifest: that object fails fast, naming its key; the others restore.
     client.delete(manifests[refs[deleted].hex()])
     assert _get_lost(ray, refs[deleted]) < LOST_BOUND_S
-    hits = _logged(ray, f"spilled object {refs[deleted].hex()} is lost")
+    hits = _wait_for_log(_logs_dir(ray), f"spilled object {refs[deleted].hex()} is lost", 10)
     assert hits and manifests[refs[deleted].hex()] in hits[0], hits
     assert _get_lost(ray, refs[deleted]) < LOST_BOUND_S  # and again: no hang on a second get
     for i in kept[:2]:

@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from conftest import FAST_FAIL, MiB, ONE_COMMAND_BOUND_S, start_ray, unique_prefix
-from ray_valkey_spill import EmbeddedValkey
-from ray_valkey_spill.connection import close_all
+from conftest import MiB, ONE_COMMAND_BOUND_S
 from ray_valkey_spill.keyspace import scan_keys
 
 
@@ -121,21 +119,6 @@ def _wait_for_log(logs_dir: str, needle: str, timeout_s: float) -> list[str]:
         if hits or time.monotonic() > deadline:
             return hits
         time.sleep(0.5)
-
-
-@pytest.fixture
-def ray_on_private_server(request):
-    """(ray, server, prefix): a local Ray spilling to its own server, with short timeouts."""
-    config = getattr(request, "param", None) or {}
-    with EmbeddedValkey(config=config) as server:
-        prefix = unique_prefix("rf")
-        ray = start_ray(server.url, object_store_mib=100, prefix=prefix,
-                        chunk_size_bytes=1 * MiB, **FAST_FAIL)
-        try:
-            yield ray, server, prefix
-        finally:
-            ray.shutdown()
-            close_all()
 
 
 def _first_error_time(logs_dir: str, needle: str) -> float | None:
