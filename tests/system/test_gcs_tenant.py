@@ -321,13 +321,19 @@ def test_a_gcs_on_a_two_shard_cluster_exits_and_doctor_says_why(tmp_path, monkey
              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            gave_up = wait_for(lambda: "Failed to run redis cmds" in gcs_logs()
-                               or "more than one shard" in gcs_logs(), timeout_s=60)
-            logs = gcs_logs()
-            assert gave_up, "Ray's GCS did not give up on a 2-shard cluster: " + logs[-2000:]
-            assert "MOVED" in logs or "more than one shard" in logs, logs[-2000:]
-            assert wait_for(lambda: not any(b"gcs_server\0" in cmd.split(b"--")[0]
-                                            for cmd in _pids_of(tmp).values()), timeout_s=20)
+            def gcs_running() -> bool:
+                return any(b"gcs_server\0" in cmd.split(b"--")[0]
+                           for cmd in _pids_of(tmp).values())
+
+            # How it dies differs: "Failed to run redis cmds" after a table's MOVED, or on Ray
+            # 2.40 an abort while logging a MOVED on INTERNAL_CONFIG (its binary key breaks
+            # the JSON of the message). What holds on every version: MOVED, then no gcs_server.
+            def gave_up() -> bool:
+                logs = gcs_logs()
+                return ("MOVED" in logs or "more than one shard" in logs) and not gcs_running()
+
+            assert wait_for(gave_up, timeout_s=60), (
+                "Ray's GCS did not give up on a 2-shard cluster: " + gcs_logs()[-2000:])
         finally:
             head.kill()
             head.wait()
