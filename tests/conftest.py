@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from ray_valkey_spill import EmbeddedValkey, spilling_config
+from ray_valkey_spill.connection import close_all
 from ray_valkey_spill.keyspace import scan_keys
 from ray_valkey_spill.prefixes import EMBEDDING_PREFIX, KV_PREFIX, SESSION_PREFIX, SPILL_PREFIX
 from ray_valkey_spill.spill.engine import SpillObject
@@ -137,8 +138,6 @@ def ray_on_private_server(request):
     """(ray, server, prefix): a local Ray spilling to a server of its own (no persistence
     unless the test's ``param`` config says so), with short timeouts, for tests that kill,
     pause, flush or restart that server."""
-    from ray_valkey_spill.connection import close_all
-
     config = getattr(request, "param", None) or {}
     with EmbeddedValkey(config=config) as server:
         prefix = unique_prefix("own")

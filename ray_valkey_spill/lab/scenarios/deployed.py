@@ -86,7 +86,6 @@ def server_figures(srv: DeployedValkey) -> dict:
     """What persistence did during a run: AOF size, snapshots and forks (INFO), and the bytes
     the server and its fork children sent to the disk (``write_bytes`` of ``/proc/<pid>/io``,
     which counts reaped children too; ``wchar`` would count socket replies as well)."""
-
     admin = srv.admin_client()
     try:
         info = {**admin.info("persistence"), **admin.info("stats")}
@@ -111,7 +110,6 @@ class SnapshotLoop:
     """Context manager: a thread that starts a BGSAVE (as admin) whenever none is running."""
 
     def __init__(self, srv: DeployedValkey):
-
         self.client = srv.admin_client()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -141,7 +139,6 @@ def restart_figures(srv: DeployedValkey) -> dict:
     """Write ``RESTART_PROBE_BYTES`` as admin, restart the server cleanly (SIGTERM, timed from
     the signal until it serves again) and count the probe keys kept; write them again and
     crash it (SIGKILL 1.5 s later: AOF everysec has fsynced them) and count again."""
-
     n = RESTART_PROBE_BYTES // RESTART_PROBE_VALUE
     value = os.urandom(RESTART_PROBE_VALUE)
 
